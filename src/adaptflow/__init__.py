@@ -1,0 +1,1 @@
+"""adaptflow: representation and transfer learning as MLOps pipeline stages."""

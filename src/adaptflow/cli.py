@@ -1,0 +1,111 @@
+"""`adaptflow` command line: run the pipeline or one stage, prepare data, show params."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from adaptflow.config import ParamsError, load_params
+from adaptflow.env import configure_env
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+err = Console(stderr=True)
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a param: KEY=VALUE (repeatable)")]
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+
+
+def _validated(params_path: Path, overrides: list[str] | None):
+    """Validate before anything runs: a bad param exits 2 and no MLflow run is created."""
+    try:
+        return load_params(params_path, overrides)
+    except ParamsError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+@app.command()
+def run(
+    overrides: SetOpt = None,
+    stage: Annotated[str | None, typer.Option(help="run only this stage (still logged under a pipeline run)")] = None,
+    params_path: ParamsOpt = Path("params.yaml"),
+    force: Annotated[bool, typer.Option(help="ignore the cache: recompute every stage")] = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Run the pipeline (all stages, or --stage NAME) on prepared data; results go to MLflow."""
+    params = _validated(params_path, overrides)
+    from adaptflow.stages import STAGES
+
+    if stage is not None and stage not in STAGES:
+        err.print(f"[bold red]error:[/] unknown stage {stage!r}; valid: {', '.join(STAGES.names())}")
+        raise typer.Exit(2)
+    configure_env(".")
+    _setup_logging()
+    from adaptflow.data import DataError
+    from flows.pipeline import pipeline_flow
+
+    t0 = time.perf_counter()
+    try:
+        outcomes = pipeline_flow(str(params_path), list(overrides or []), ".", force, progress,
+                                 [stage] if stage else None)
+    except DataError as e:
+        err.print(f"[bold red]data error:[/] {e}")
+        raise typer.Exit(1) from None
+    _print_outcomes(outcomes, time.perf_counter() - t0, params.profile)
+
+
+def run_stage_main(stage: str) -> None:
+    """Entry for `python -m flows.<stage>`: the same as `adaptflow run --stage <stage>`."""
+    app(["run", "--stage", stage, *sys.argv[1:]])
+
+
+def _print_outcomes(outcomes: dict, seconds: float, profile: str) -> None:
+    table = Table(title=f"adaptflow pipeline ({profile}) in {seconds:.1f} s")
+    for col in ("stage", "cached", "key metrics", "model", "run id"):
+        table.add_column(col)
+    for name, o in outcomes.items():
+        metrics = ", ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in list(o["metrics"].items())[:4])
+        model = f"{o['model_name']} v{o['model_version']}" if o.get("model_version") else "-"
+        table.add_row(name, "yes" if o["cache_hit"] else "no", metrics, model, o["run_id"][:12])
+    Console().print(table)
+    Console().print("Browse the runs: [bold]make ui[/] (MLflow UI on http://127.0.0.1:5000)")
+
+
+@app.command()
+def prepare(
+    names: Annotated[list[str] | None, typer.Argument(help="sources to prepare (default: all)")] = None,
+    params_path: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """DVC stage `prepare`: write data/prepared/<name>.npz + <name>.json for each data source."""
+    params = _validated(params_path, None)
+    from adaptflow.data import DataError, prepare_all
+
+    try:
+        prepare_all(params, names, log=lambda m: err.print(m, highlight=False))
+    except DataError as e:
+        err.print(f"[bold red]data error:[/] {e}")
+        raise typer.Exit(1) from None
+
+
+@app.command("params")
+def show_params(overrides: SetOpt = None, params_path: ParamsOpt = Path("params.yaml")) -> None:
+    """Print the validated params (after profile and --set overrides) as JSON."""
+    params = _validated(params_path, overrides)
+    typer.echo(json.dumps(params.model_dump(mode="json", exclude={"profiles"}), indent=2))
+
+
+if __name__ == "__main__":
+    app()

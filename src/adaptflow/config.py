@@ -1,0 +1,289 @@
+"""Validated parameters: pydantic models mirroring params.yaml.
+
+Loading order: params.yaml -> `--set` overrides -> the chosen profile's overlay -> `--set`
+overrides again (so the command line always wins, and `--set profile=smoke` picks the overlay).
+Every model forbids unknown keys; a bad value raises `ParamsError` naming the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+
+class ParamsError(ValueError):
+    """Invalid parameters: the message names the key path, the bad value and what is allowed."""
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- data sources
+class _Source(Frozen):
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share when the source has no split")
+
+
+class MnistSource(_Source):
+    kind: Literal["mnist"]
+
+
+class DigitsSource(_Source):
+    kind: Literal["digits"]
+    size: int = Field(28, ge=8, le=224, description="output side in pixels (8 keeps the original)")
+    framing: Literal["stretch", "mnist"] = Field(
+        "mnist", description="mnist: glyph scaled to 20/28 of the frame and centred, like MNIST"
+    )
+
+
+class SynDigitsSource(Frozen):
+    kind: Literal["syndigits"]
+    n_train: int = Field(20000, ge=10)
+    n_test: int = Field(2000, ge=10)
+    size: int = Field(28, ge=16, le=128)
+    max_rotation: float = Field(15.0, ge=0, le=90, description="degrees")
+    noise: float = Field(0.05, ge=0, le=0.5, description="std of additive Gaussian pixel noise")
+
+
+class Mnist1dSource(Frozen):
+    kind: Literal["mnist1d"]
+    num_samples: int = Field(5000, ge=100)
+    train_split: float = Field(0.8, gt=0, lt=1)
+
+
+class NpzSource(_Source):
+    kind: Literal["npz"]
+    path: Path
+    x_key: str = "X"
+    y_key: str = "y"
+
+
+class MatSource(_Source):
+    kind: Literal["mat"]
+    path: Path
+    x_key: str | None = Field(None, description="None: first of Xs, fts, X, data found")
+    y_key: str | None = Field(None, description="None: first of Ys, labels, y, Y found")
+    side: str = Field("source", description="for *_vs_* files: 'source' (Xs/Ys) or 'target' (Xt/Yt)")
+
+
+class UspsH5Source(Frozen):
+    kind: Literal["usps_h5"]
+    path: Path
+
+
+class ImageFolderSource(_Source):
+    kind: Literal["image_folder"]
+    path: Path
+    size: int = Field(28, ge=8, le=512)
+    channels: Literal[1, 3] = 1
+
+
+SourceConfig = Annotated[
+    MnistSource
+    | DigitsSource
+    | SynDigitsSource
+    | Mnist1dSource
+    | NpzSource
+    | MatSource
+    | UspsH5Source
+    | ImageFolderSource,
+    Field(discriminator="kind"),
+]
+
+
+class DataConfig(Frozen):
+    prepared_dir: Path = Path("data/prepared")
+    sources: dict[str, SourceConfig]
+
+    @field_validator("sources")
+    @classmethod
+    def _names_are_file_safe(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"source name {name!r} must be letters, digits, '-' or '_'")
+        return v
+
+
+# ---------------------------------------------------------------- training
+class TrainSettings(Frozen):
+    """Trainer knobs every torch stage shares."""
+
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int | None = Field(5, ge=1, description="early-stopping patience in epochs; null: off")
+    min_delta: float = Field(0.0, ge=0)
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train held out for validation")
+    max_train: int | None = Field(None, ge=10, description="cap on training examples (smoke runs)")
+    amp: bool = Field(True, description="mixed precision when on CUDA (ignored on CPU)")
+    log_every: int = Field(20, ge=1, description="steps between loss syncs / progress updates")
+
+
+# ---------------------------------------------------------------- stages
+def _ae_method_names() -> list[str]:
+    from adaptflow.methods.ae import AE_METHODS
+
+    return AE_METHODS.names()
+
+
+class AEStageConfig(TrainSettings):
+    dataset: str = "mnist"
+    methods: list[str] = Field(default_factory=lambda: ["pca", "ae"], min_length=1)
+    register_method: str = Field("ae", description="which method's model is registered as adaptflow-ae")
+    code_size: int = Field(32, ge=1, le=4096)
+    hidden: list[Annotated[int, Field(ge=1, le=16384)]] = Field(default_factory=lambda: [256])
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-method options, validated by the method's Config"
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        names = _ae_method_names()
+        for m in v:
+            if m not in names:
+                raise ValueError(f"unknown ae method {m!r}; valid: {', '.join(names)}")
+        if len(set(v)) != len(v):
+            raise ValueError("methods are listed twice")
+        return v
+
+
+class Params(Frozen):
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    profile: str = "default"
+    experiment: str = Field("adaptflow", min_length=1)
+    data: DataConfig
+    ae: AEStageConfig = Field(default_factory=AEStageConfig)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def stage(self, name: str) -> Frozen:
+        return getattr(self, name)
+
+
+
+# ---------------------------------------------------------------- loading
+def _parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars/lists: 3 -> int, 1e-3 -> float, [64,32] -> list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"--set value {text!r} is not valid YAML: {e}") from None
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ParamsError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE, e.g. --set ae.epochs=3")
+        out[key.strip()] = _parse_value(raw)
+    return out
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in overlay.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        if loc[:2] == ["data", "sources"] and len(loc) > 3:
+            del loc[3]  # pydantic adds the union tag ('mnist', 'npz', ...) after the source name
+        path = ".".join(loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key (check spelling; see params.yaml for valid keys)")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{path} = {e.get('input')!r}: {msg}")
+    return "invalid params:\n  " + "\n  ".join(lines)
+
+
+def build_params(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Params:
+    overrides = overrides or {}
+    tree = copy.deepcopy(raw)
+    for k, v in overrides.items():
+        _set_path(tree, k, v)
+    profile = tree.get("profile", "default")
+    profiles = tree.get("profiles") or {}
+    if profile != "default":
+        if not isinstance(profiles, dict) or profile not in profiles:
+            valid = ", ".join(["default", *sorted(profiles)]) if isinstance(profiles, dict) else "default"
+            raise ParamsError(f"invalid params:\n  profile = {profile!r}: unknown profile; valid: {valid}")
+        overlay = profiles[profile] or {}
+        if "data" in overlay:
+            raise ParamsError(
+                f"invalid params:\n  profiles.{profile}.data: profiles may not change data "
+                "(prepared data is shared by every profile; cap sizes with <stage>.max_train)"
+            )
+        tree = _deep_merge(tree, overlay)
+        for k, v in overrides.items():
+            _set_path(tree, k, v)
+    try:
+        params = Params.model_validate(tree)
+    except ValidationError as e:
+        raise ParamsError(_format_error(e)) from None
+    _check_cross_refs(params)
+    return params
+
+
+def _check_cross_refs(p: Params) -> None:
+    if p.ae.dataset not in p.data.sources:
+        raise ParamsError(
+            f"invalid params:\n  ae.dataset = {p.ae.dataset!r}: not a data source; "
+            f"valid: {', '.join(p.data.sources)}"
+        )
+    if p.ae.register_method not in p.ae.methods or p.ae.register_method == "pca":
+        raise ParamsError(
+            f"invalid params:\n  ae.register_method = {p.ae.register_method!r}: must be one of ae.methods "
+            "that trains a torch model"
+        )
+    from adaptflow.methods.ae import AE_METHODS
+
+    for name, opts in p.ae.options.items():
+        if name not in AE_METHODS:
+            raise ParamsError(
+                f"invalid params:\n  ae.options.{name}: unknown ae method; "
+                f"valid: {', '.join(AE_METHODS.names())}"
+            )
+        try:
+            AE_METHODS.get(name).Config.model_validate(opts)
+        except ValidationError as e:
+            raise ParamsError(_format_error(e).replace("\n  ", f"\n  ae.options.{name}.")) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file {path} not found (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return build_params(raw, parse_overrides(overrides))

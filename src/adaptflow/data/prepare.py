@@ -1,0 +1,127 @@
+"""DVC stage `prepare`: each configured source -> data/prepared/<name>.npz + <name>.json manifest.
+
+Writes go to a temporary file renamed into place, so an interrupted run never leaves a
+half-written dataset behind. The md5 in the manifest is the file's content md5, which is what
+DVC records for the file; it is the digest MLflow shows for the dataset input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adaptflow.data.base import SOURCES, DataError, Split
+
+FIX = "run `make data` (or `dvc repro prepare`) to create it"
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    md5, sha = hashlib.md5(), hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            md5.update(chunk)
+            sha.update(chunk)
+    return md5.hexdigest(), sha.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def manifest_for(name: str, split: Split, md5: str, sha256: str) -> dict:
+    return {
+        "name": name,
+        "md5": md5,
+        "sha256": sha256,
+        "shapes": {k: list(getattr(split, k).shape) for k in ("x_train", "y_train", "x_test", "y_test")},
+        "num_classes": split.num_classes,
+        "class_counts": {
+            "train": np.bincount(split.y_train, minlength=split.num_classes).tolist(),
+            "test": np.bincount(split.y_test, minlength=split.num_classes).tolist(),
+        },
+        "x_range": [float(min(split.x_train.min(), split.x_test.min())), float(max(split.x_train.max(), split.x_test.max()))],
+        "meta": split.meta,
+    }
+
+
+def prepare_source(name: str, cfg, seed: int, out_dir: Path) -> dict:
+    split = SOURCES.get(cfg.kind)(cfg, seed)
+    npz_path = out_dir / f"{name}.npz"
+    arrays = {k: getattr(split, k) for k in ("x_train", "y_train", "x_test", "y_test")}
+
+    def write_npz(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: savez must not append '.npz' to the tmp name
+            np.savez_compressed(f, **arrays)
+
+    _atomic_write(npz_path, write_npz)
+    md5, sha = file_digests(npz_path)
+    manifest = manifest_for(name, split, md5, sha)
+    _atomic_write(
+        out_dir / f"{name}.json",
+        lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n"),
+    )
+    return manifest
+
+
+def prepare_all(params, names: list[str] | None = None, log=print) -> dict[str, dict]:
+    out_dir = Path(params.data.prepared_dir)
+    sources = params.data.sources
+    names = names or list(sources)
+    unknown = [n for n in names if n not in sources]
+    if unknown:
+        raise DataError(f"unknown data source(s) {unknown}; configured: {', '.join(sources)}")
+    done = {}
+    for name in names:
+        m = prepare_source(name, sources[name], params.seed, out_dir)
+        log(f"prepared {name}: train {m['shapes']['x_train']} test {m['shapes']['x_test']} md5 {m['md5']}")
+        done[name] = m
+    return done
+
+
+@dataclass(frozen=True)
+class Prepared:
+    name: str
+    path: Path
+    manifest: dict
+    split: Split
+
+    @property
+    def digest(self) -> str:
+        return self.manifest["md5"]
+
+
+def read_manifest(prepared_dir: Path, name: str) -> tuple[Path, dict]:
+    npz_path, man_path = prepared_dir / f"{name}.npz", prepared_dir / f"{name}.json"
+    if not npz_path.is_file() or not man_path.is_file():
+        raise DataError(f"prepared dataset {name!r} is missing ({npz_path}); {FIX}")
+    try:
+        manifest = json.loads(man_path.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"manifest {man_path} is corrupt; {FIX}") from None
+    return npz_path, manifest
+
+
+def load_prepared(prepared_dir: Path | str, name: str, verify: bool = True) -> Prepared:
+    npz_path, manifest = read_manifest(Path(prepared_dir), name)
+    if verify and file_digests(npz_path)[0] != manifest.get("md5"):
+        raise DataError(f"prepared dataset {npz_path} does not match its manifest (corrupt or edited); {FIX}")
+    try:
+        with np.load(npz_path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"prepared dataset {npz_path} is unreadable ({e}); {FIX}") from None
+    return Prepared(name, npz_path, manifest, Split(**arrays, meta=manifest.get("meta", {})))

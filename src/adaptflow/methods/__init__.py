@@ -1,0 +1,1 @@
+"""Methods, one file each, grouped by family; each family has its own registry."""

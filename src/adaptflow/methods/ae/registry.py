@@ -1,0 +1,3 @@
+from adaptflow.registry import Registry
+
+AE_METHODS: Registry = Registry("ae method")

@@ -1,0 +1,116 @@
+"""Running one stage: data check, cache lookup, the nested MLflow run, the stage's own work.
+
+Cache key = stage params + input dataset digests (DVC md5) + seed + code version (hash of the
+adaptflow source) + the keys of the stages it depends on. A hit re-uses the finished run: a new
+nested run records `adaptflow.cached_from` and its params/metrics, and no training happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptflow.config import Params
+from adaptflow.data import Prepared, load_prepared
+from adaptflow.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    datasets: Callable[[Params], list[str]]
+    run: Callable[[Params, StageContext, dict[str, Prepared]], StageOutcome]
+    depends_on: tuple[str, ...] = ()
+    registered_model: str | None = None
+
+
+@dataclass(frozen=True)
+class StageContext:
+    root: Path
+    experiment_id: str
+    device: torch.device
+    parent_run_id: str | None = None
+    progress: bool = True
+    force: bool = False
+    upstream_keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StageOutcome:
+    stage: str = ""
+    run_id: str = ""
+    cache_key: str = ""
+    cache_hit: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_name: str | None = None
+    model_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+STAGES: Registry[StageSpec] = Registry("stage")
+
+
+def code_version() -> str:
+    """Hash of every .py file of the installed adaptflow package (any code change invalidates)."""
+    import adaptflow
+
+    pkg = Path(adaptflow.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(pkg.rglob("*.py")):
+        h.update(str(path.relative_to(pkg)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(stage: str, params: Params, digests: dict[str, str], upstream: dict[str, str]) -> str:
+    payload = {
+        "stage": stage,
+        "params": params.stage(stage).model_dump(mode="json"),
+        "seed": params.seed,
+        "data": digests,
+        "code": code_version(),
+        "upstream": upstream,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def load_inputs(params: Params, spec: StageSpec) -> dict[str, Prepared]:
+    return {name: load_prepared(params.data.prepared_dir, name) for name in spec.datasets(params)}
+
+
+def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
+    from adaptflow.tracking import runs
+
+    spec = STAGES.get(name)
+    data = load_inputs(params, spec)
+    key = cache_key(name, params, {k: v.digest for k, v in data.items()}, ctx.upstream_keys)
+    cached = None if ctx.force else runs.find_cached(ctx.experiment_id, name, key)
+    tags = {runs.TAG_STAGE: name, runs.TAG_KEY: key, runs.TAG_HIT: str(cached is not None).lower(),
+            "adaptflow.seed": str(params.seed), "adaptflow.device": str(ctx.device),
+            "adaptflow.profile": params.profile, "adaptflow.git_commit": runs.git_commit(ctx.root)}
+    with runs.run(name, tags=tags, parent_run_id=ctx.parent_run_id, experiment_id=ctx.experiment_id) as active:
+        if cached is not None:
+            log.info("stage %s: cache hit (run %s), nothing to compute", name, cached.info.run_id)
+            runs.replay_cached(cached)
+            t = cached.data.tags
+            return StageOutcome(name, active.info.run_id, key, True, dict(cached.data.metrics),
+                                t.get("adaptflow.model_name"), t.get("adaptflow.model_version"))
+        runs.log_params(params.stage(name).model_dump(mode="json"), prefix=name)
+        runs.log_params({"seed": params.seed, "device": str(ctx.device), "profile": params.profile})
+        for ds_name, prepared in data.items():
+            runs.log_dataset(ds_name, prepared.path, prepared.digest, prepared.split.x_train,
+                             prepared.split.y_train, context="training")
+        outcome = spec.run(params, ctx, data)
+        outcome.stage, outcome.run_id, outcome.cache_key = name, active.info.run_id, key
+        return outcome

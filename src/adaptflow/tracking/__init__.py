@@ -1,0 +1,1 @@
+"""Everything MLflow: store, runs, model registry, plots. Only this package imports mlflow."""

@@ -1,0 +1,60 @@
+"""Model logging and the registry: every stage registers `adaptflow-<stage>`; `champion` alias."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+CHAMPION = "champion"
+RUNTIME_PACKAGES = ("torch", "numpy", "pydantic", "scikit-learn")
+
+
+def pip_requirements() -> list[str]:
+    return [f"{p}=={md.version(p)}" for p in RUNTIME_PACKAGES]
+
+
+def log_torch_model(model: torch.nn.Module, x_example: np.ndarray, registered_name: str | None) -> tuple[str, str | None]:
+    """Log a torch module (pickle format + the adaptflow source as code_paths) and its state_dict.
+
+    pickle, not pt2: pt2 loads back as a traced GraphModule, losing encode()/decode methods that
+    later stages use. The state_dict beside it can be read with torch.load(weights_only=True).
+    Returns (model_uri, registered version or None).
+    """
+    import adaptflow
+
+    model = model.cpu().eval()
+    with torch.no_grad():
+        y_example = model(torch.from_numpy(x_example)).numpy()
+    info = mlflow.pytorch.log_model(
+        model, name="model", serialization_format="pickle", pip_requirements=pip_requirements(),
+        code_paths=[str(Path(adaptflow.__file__).parent)],
+        signature=infer_signature(x_example, y_example), registered_model_name=registered_name,
+        await_registration_for=0,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state_dict.pt"
+        torch.save(model.state_dict(), path)
+        mlflow.log_artifact(str(path), "checkpoint")
+    version = str(info.registered_model_version) if registered_name else None
+    mlflow.set_tags({"adaptflow.model_uri": info.model_uri,
+                     **({"adaptflow.model_version": version, "adaptflow.model_name": registered_name}
+                        if registered_name else {})})
+    return info.model_uri, version
+
+
+def ensure_champion(name: str, version: str) -> str:
+    """Give `champion` to `version` unless the model already has one (promotion gates come later)."""
+    client = MlflowClient()
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION).version
+    except MlflowException:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return version

@@ -1,0 +1,112 @@
+"""One parent run per pipeline run, one nested run per stage (and per method inside a stage)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+TAG_STAGE = "adaptflow.stage"
+TAG_KEY = "adaptflow.cache_key"
+TAG_HIT = "adaptflow.cache_hit"
+TAG_FROM = "adaptflow.cached_from"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, dict)) else v
+    return out
+
+
+def git_commit(root: Path | str = ".") -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextmanager
+def run(name: str, tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+        experiment_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A run that ends FINISHED, or FAILED with the error as tags (then the error propagates)."""
+    active = mlflow.start_run(run_name=name, nested=parent_run_id is not None or mlflow.active_run() is not None,
+                              parent_run_id=parent_run_id, experiment_id=experiment_id, tags=tags or {})
+    try:
+        yield active
+    except BaseException as e:
+        mlflow.set_tags({
+            "adaptflow.error": f"{type(e).__name__}: {e}"[:5000],
+            "adaptflow.traceback": traceback.format_exc()[-5000:],
+        })
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
+    flat = {k: ("null" if v is None else v) for k, v in flatten(params, prefix).items()}
+    items = list(flat.items())
+    for i in range(0, len(items), 100):  # MLflow's per-call param limit
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_dataset(name: str, path: Path, digest: str, x: np.ndarray, y: np.ndarray, context: str) -> None:
+    """The prepared dataset as an MLflow dataset input; digest = the file's DVC md5."""
+    ds = mlflow.data.from_numpy(x[:1], source=str(Path(path).resolve()), targets=y[:1], name=name, digest=digest)
+    mlflow.log_input(ds, context=context)
+
+
+def log_figure(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(fig, path)
+    plt.close(fig)
+
+
+def log_text(text: str, path: str) -> None:
+    mlflow.log_text(text, path)
+
+
+def find_cached(experiment_id: str, stage: str, key: str) -> Any | None:
+    """The newest FINISHED, really-computed run of `stage` with this cache key, or None."""
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=(f"tags.`{TAG_KEY}` = '{key}' and tags.`{TAG_STAGE}` = '{stage}' "
+                       f"and tags.`{TAG_HIT}` = 'false' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def replay_cached(source) -> None:
+    """Fill the active (cache-hit) run with what the cached run computed: params, final metrics."""
+    mlflow.set_tag(TAG_FROM, source.info.run_id)
+    log_params(source.data.params)
+    if source.data.metrics:
+        log_metrics(source.data.metrics)
+    for k, v in source.data.tags.items():
+        if k.startswith("adaptflow.model"):
+            mlflow.set_tag(k, v)
