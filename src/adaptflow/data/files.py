@@ -45,18 +45,17 @@ def npz(cfg, seed: int) -> Split:
 
 def read_mat(path: Path) -> dict[str, np.ndarray]:
     """All numeric arrays of a .mat file, v5 (scipy) or v7.3 (HDF5, h5py), as samples-first arrays."""
+    import h5py
     import scipy.io
 
-    try:
-        raw = scipy.io.loadmat(path)
-        return {k: np.asarray(v) for k, v in raw.items() if not k.startswith("__")}
-    except NotImplementedError:  # v7.3: scipy refuses, it is HDF5
-        import h5py
-
+    if h5py.is_hdf5(path):  # v7.3 files are HDF5 (scipy refuses them)
         with h5py.File(path, "r") as f:  # h5py reverses MATLAB's axes: samples come first
             return {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
-    except ValueError as e:
+    try:
+        raw = scipy.io.loadmat(path)
+    except (ValueError, NotImplementedError, OSError) as e:
         raise DataError(f"{path}: not a readable MATLAB file ({e})") from None
+    return {k: np.asarray(v) for k, v in raw.items() if not k.startswith("__")}
 
 
 @SOURCES.register("mat")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from adaptflow.losses.reconstruction import bce_with_logits, mse
@@ -28,6 +29,14 @@ class Autoencoder(TorchAE):
         self.options = options or self.Config()
         self.encoder = Encoder(input_shape, hidden, code_size, self.options.code_activation)
         self.decoder = Decoder(input_shape, hidden, code_size)
+
+    def fit(self, x_train, x_val, ctx):
+        # start the decoder at the mean image (logit of the pixel means) instead of at 0.5
+        # everywhere: it skips the plateau where the net only learns the average digit
+        mean = torch.from_numpy(x_train.mean(0)).flatten().clamp(1e-3, 1 - 1e-3)
+        with torch.no_grad():
+            self.decoder.net[-2].bias.copy_(torch.logit(mean))
+        return super().fit(x_train, x_val, ctx)
 
     def encode(self, x):
         return self.encoder(x)

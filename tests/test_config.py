@@ -1,0 +1,89 @@
+import subprocess
+import sys
+
+import pytest
+
+from adaptflow.config import ParamsError, build_params, load_params, parse_overrides
+
+from .conftest import REPO
+
+
+def test_repo_params_are_valid_in_every_profile(raw_params):
+    assert build_params(raw_params).profile == "default"
+    for profile in raw_params["profiles"]:
+        p = build_params(raw_params, {"profile": profile})
+        assert p.profile == profile
+
+
+def test_smoke_profile_overlays_and_cli_wins(raw_params):
+    p = build_params(raw_params, parse_overrides(["profile=smoke", "ae.epochs=3"]))
+    assert p.ae.epochs == 3  # --set beats the profile's overlay
+    assert p.ae.hidden == raw_params["profiles"]["smoke"]["ae"]["hidden"]
+    assert build_params(raw_params).ae.epochs == raw_params["ae"]["epochs"]
+
+
+def test_set_values_are_typed(raw_params):
+    p = build_params(raw_params, parse_overrides(["ae.lr=1e-2", "ae.hidden=[64, 32]", "ae.patience=null"]))
+    assert p.ae.lr == 0.01 and p.ae.hidden == [64, 32] and p.ae.patience is None
+
+
+@pytest.mark.parametrize(
+    ("override", "path", "hint"),
+    [
+        ("ae.epochs=-1", "ae.epochs", "greater than or equal to 1"),
+        ("ae.epochs=lots", "ae.epochs", "valid integer"),
+        ("ae.colour=red", "ae.colour", "unknown key"),
+        ("ae.methods=[pca, nope]", "ae.methods", "valid: ae, pca"),
+        ("ae.dataset=missing", "ae.dataset", "valid: mnist"),
+        ("ae.register_method=pca", "ae.register_method", "torch model"),
+        ("profile=huge", "profile", "valid: default, smoke"),
+        ("device=tpu", "device", "'auto', 'cpu', 'cuda' or 'mps'"),
+        ("data.sources.mnist.test_fraction=1.5", "data.sources.mnist.test_fraction", "less than 1"),
+        ("data.sources.mnist.kind=nope", "data.sources.mnist", "kind"),
+        ("ae.options.ae.loss=hinge", "ae.options.ae.loss", "'mse' or 'bce'"),
+        ("ae.options.vae.beta=1", "ae.options.vae", "unknown ae method"),
+    ],
+)
+def test_bad_params_name_key_value_and_allowed(raw_params, override, path, hint):
+    with pytest.raises(ParamsError) as err:
+        build_params(raw_params, parse_overrides([override]))
+    msg = str(err.value)
+    assert path in msg and hint in msg, msg
+
+
+def test_profile_may_not_change_data(raw_params):
+    raw_params["profiles"]["smoke"]["data"] = {"prepared_dir": "elsewhere"}
+    with pytest.raises(ParamsError, match="profiles.smoke.data"):
+        build_params(raw_params, {"profile": "smoke"})
+
+
+@pytest.mark.parametrize("item", ["ae.epochs", "=3", "ae.epochs: [1"])
+def test_malformed_set(item):
+    with pytest.raises(ParamsError):
+        parse_overrides([item])
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_cli_exits_2_and_creates_no_run(project):
+    """`adaptflow run --set ae.epochs=-1` names the key, exits 2, and writes no MLflow store."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "adaptflow.cli", "run", "--set", "ae.epochs=-1"],
+        cwd=project, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "ae.epochs" in proc.stderr and "-1" in proc.stderr
+    assert not (project / "mlruns").exists()
+
+
+def test_cli_params_shows_merged_values(project):
+    proc = subprocess.run(
+        [sys.executable, "-m", "adaptflow.cli", "params", "--set", "profile=smoke"],
+        cwd=project, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"profile": "smoke"' in proc.stdout
+    assert REPO.exists()
