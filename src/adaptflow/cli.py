@@ -35,6 +35,7 @@ def _validated(params_path: Path, overrides: list[str] | None):
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one per line
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import logging
 import tempfile
 from pathlib import Path
 
@@ -28,17 +29,16 @@ def log_torch_model(model: torch.nn.Module, x_example: np.ndarray, registered_na
     later stages use. The state_dict beside it can be read with torch.load(weights_only=True).
     Returns (model_uri, registered version or None).
     """
-    import adaptflow
-
     model = model.cpu().eval()
     with torch.no_grad():
         y_example = model(torch.from_numpy(x_example)).numpy()
-    info = mlflow.pytorch.log_model(
-        model, name="model", serialization_format="pickle", pip_requirements=pip_requirements(),
-        code_paths=[str(Path(adaptflow.__file__).parent)],
-        signature=infer_signature(x_example, y_example), registered_model_name=registered_name,
-        await_registration_for=0,
-    )
+    pickle_warning = logging.getLogger("mlflow.pytorch")  # the choice is deliberate (see above)
+    level = pickle_warning.level
+    pickle_warning.setLevel(logging.ERROR)
+    try:
+        info = _log(model, x_example, y_example, registered_name)
+    finally:
+        pickle_warning.setLevel(level)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "state_dict.pt"
         torch.save(model.state_dict(), path)
@@ -50,11 +50,22 @@ def log_torch_model(model: torch.nn.Module, x_example: np.ndarray, registered_na
     return info.model_uri, version
 
 
+def _log(model, x_example, y_example, registered_name):
+    import adaptflow
+
+    return mlflow.pytorch.log_model(
+        model, name="model", serialization_format="pickle", pip_requirements=pip_requirements(),
+        code_paths=[str(Path(adaptflow.__file__).parent)],
+        signature=infer_signature(x_example, y_example), registered_model_name=registered_name,
+        await_registration_for=0,
+    )
+
+
 def ensure_champion(name: str, version: str) -> str:
     """Give `champion` to `version` unless the model already has one (promotion gates come later)."""
     client = MlflowClient()
     try:
-        return client.get_model_version_by_alias(name, CHAMPION).version
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         client.set_registered_model_alias(name, CHAMPION, version)
         return version

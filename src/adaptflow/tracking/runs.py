@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import traceback
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,9 @@ def git_commit(root: Path | str = ".") -> str:
 def run(name: str, tags: dict[str, str] | None = None, parent_run_id: str | None = None,
         experiment_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """A run that ends FINISHED, or FAILED with the error as tags (then the error propagates)."""
+    current = mlflow.active_run()
+    if experiment_id is None and current is not None:
+        experiment_id = current.info.experiment_id
     active = mlflow.start_run(run_name=name, nested=parent_run_id is not None or mlflow.active_run() is not None,
                               parent_run_id=parent_run_id, experiment_id=experiment_id, tags=tags or {})
     try:
@@ -75,7 +79,10 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 
 def log_dataset(name: str, path: Path, digest: str, x: np.ndarray, y: np.ndarray, context: str) -> None:
     """The prepared dataset as an MLflow dataset input; digest = the file's DVC md5."""
-    ds = mlflow.data.from_numpy(x[:1], source=str(Path(path).resolve()), targets=y[:1], name=name, digest=digest)
+    with warnings.catch_warnings():  # mlflow registers two local-file source kinds; both fit
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_numpy(x[:1], source=str(Path(path).resolve()), targets=y[:1], name=name,
+                                    digest=digest)
     mlflow.log_input(ds, context=context)
 
 

@@ -53,8 +53,11 @@ class TorchAE(torch.nn.Module):
             log_every=s.log_every, checkpoint_dir=ctx.checkpoint_dir, progress=ctx.progress,
             on_epoch_end=ctx.on_epoch_end, desc=self.name,
         )
-        return trainer.fit(self, loader(x_train, s.batch_size, True, ctx.seed),
-                           loader(x_val, s.batch_size * 4, False))
+        try:
+            return trainer.fit(self, loader(x_train, s.batch_size, True, ctx.seed),
+                               loader(x_val, s.batch_size * 4, False))
+        finally:
+            del self.optimizers  # not part of the model that gets pickled into MLflow
 
     @torch.no_grad()
     def _map(self, fn, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
