@@ -80,6 +80,7 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project):
     # an unchanged re-run hits the cache: no training, no new model version
     again = run_pipeline(SMOKE)["ae"]
     assert again["cache_hit"] and again["metrics"]["ae/test_mse"] == out["metrics"]["ae/test_mse"]
+    assert again["model_version"] == "1"  # the cached run still names its model
     hit = client.get_run(again["run_id"])
     assert hit.data.tags["adaptflow.cached_from"] == out["run_id"]
     assert len(client.search_model_versions("name='adaptflow-ae'")) == 1

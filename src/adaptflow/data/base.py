@@ -5,9 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torchvision.transforms.v2 import functional as TF
-
 from adaptflow.registry import Registry
 
 
@@ -83,6 +80,9 @@ def labels_from_zero(y: np.ndarray) -> np.ndarray:
 def resize(x: np.ndarray, side: int) -> np.ndarray:
     if x.shape[-1] == side and x.shape[-2] == side:
         return x
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
     t = TF.resize(torch.from_numpy(x), [side, side], antialias=True)
     return t.clamp_(0, 1).numpy()
 

@@ -113,4 +113,6 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
                              prepared.split.y_train, context="training")
         outcome = spec.run(params, ctx, data)
         outcome.stage, outcome.run_id, outcome.cache_key = name, active.info.run_id, key
+        if outcome.model_version:  # on the stage run too, so a cache hit can report the model
+            runs.set_model_tags(outcome.model_name, outcome.model_version)
         return outcome

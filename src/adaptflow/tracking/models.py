@@ -14,6 +14,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from adaptflow.tracking.runs import set_model_tags
+
 CHAMPION = "champion"
 RUNTIME_PACKAGES = ("torch", "numpy", "pydantic", "scikit-learn")
 
@@ -44,9 +46,9 @@ def log_torch_model(model: torch.nn.Module, x_example: np.ndarray, registered_na
         torch.save(model.state_dict(), path)
         mlflow.log_artifact(str(path), "checkpoint")
     version = str(info.registered_model_version) if registered_name else None
-    mlflow.set_tags({"adaptflow.model_uri": info.model_uri,
-                     **({"adaptflow.model_version": version, "adaptflow.model_name": registered_name}
-                        if registered_name else {})})
+    mlflow.set_tag("adaptflow.model_uri", info.model_uri)
+    if registered_name:
+        set_model_tags(registered_name, version)
     return info.model_uri, version
 
 

@@ -97,6 +97,10 @@ def log_text(text: str, path: str) -> None:
     mlflow.log_text(text, path)
 
 
+def set_model_tags(name: str, version: str) -> None:
+    mlflow.set_tags({"adaptflow.model_name": name, "adaptflow.model_version": version})
+
+
 def find_cached(experiment_id: str, stage: str, key: str) -> Any | None:
     """The newest FINISHED, really-computed run of `stage` with this cache key, or None."""
     runs = MlflowClient().search_runs(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from adaptflow.methods.ae.base import FitContext, NoOptions
 from adaptflow.methods.ae.registry import AE_METHODS
@@ -16,6 +15,8 @@ class PCABaseline:
     is_torch = False
 
     def __init__(self, input_shape, hidden, code_size: int, options=None):
+        from sklearn.decomposition import PCA
+
         self.input_shape = tuple(input_shape)
         self.pca = PCA(n_components=code_size, svd_solver="randomized", random_state=0)
 
