@@ -8,10 +8,18 @@ from flows.stage import run_stage
 
 
 @flow(name="ae")
-def ae_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
-            parent_run_id: str | None = None, force: bool = False, progress: bool = True,
-            upstream_keys: dict[str, str] | None = None) -> dict:
-    return run_stage("ae", params_path, overrides, root, parent_run_id, force, progress, upstream_keys)
+def ae_flow(
+    params_path: str = "params.yaml",
+    overrides: list[str] | None = None,
+    root: str = ".",
+    parent_run_id: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    upstream_keys: dict[str, str] | None = None,
+) -> dict:
+    return run_stage(
+        "ae", params_path, overrides, root, parent_run_id, force, progress, upstream_keys
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,14 @@ def _write_metrics(path: Path, outcomes: dict[str, dict]) -> None:
 
 
 @flow(name="adaptflow-pipeline")
-def pipeline_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
-                  root: str = ".", force: bool = False, progress: bool = True,
-                  stages: list[str] | None = None) -> dict[str, dict]:
+def pipeline_flow(
+    params_path: str = "params.yaml",
+    overrides: list[str] | None = None,
+    root: str = ".",
+    force: bool = False,
+    progress: bool = True,
+    stages: list[str] | None = None,
+) -> dict[str, dict]:
     from adaptflow.stages import STAGES
     from adaptflow.tracking import runs
     from adaptflow.tracking.models import ensure_champion
@@ -42,16 +47,28 @@ def pipeline_flow(params_path: str = "params.yaml", overrides: list[str] | None 
     experiment_id = configure(root, params.experiment)
     chosen = stages or list(STAGE_FLOWS)
     outcomes: dict[str, dict] = {}
-    tags = {"adaptflow.kind": "pipeline", "adaptflow.profile": params.profile,
-            "adaptflow.seed": str(params.seed), "adaptflow.git_commit": runs.git_commit(root)}
+    tags = {
+        "adaptflow.kind": "pipeline",
+        "adaptflow.profile": params.profile,
+        "adaptflow.seed": str(params.seed),
+        "adaptflow.git_commit": runs.git_commit(root),
+    }
     with runs.run(f"pipeline-{params.profile}", tags=tags, experiment_id=experiment_id) as parent:
-        runs.log_params({"seed": params.seed, "device": params.device, "profile": params.profile,
-                         "stages": chosen, "overrides": overrides})
+        runs.log_params(
+            {
+                "seed": params.seed,
+                "device": params.device,
+                "profile": params.profile,
+                "stages": chosen,
+                "overrides": overrides,
+            }
+        )
         for name in chosen:
             spec = STAGES.get(name)
             upstream = {d: outcomes[d]["cache_key"] for d in spec.depends_on if d in outcomes}
-            out = STAGE_FLOWS[name](params_path, overrides, root, parent.info.run_id, force,
-                                    progress, upstream)
+            out = STAGE_FLOWS[name](
+                params_path, overrides, root, parent.info.run_id, force, progress, upstream
+            )
             if out["model_name"] and out["model_version"]:
                 out["champion_version"] = ensure_champion(out["model_name"], out["model_version"])
             outcomes[name] = out

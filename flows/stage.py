@@ -25,26 +25,52 @@ def check_inputs(stage: str, params_path: str, overrides: list[str]) -> dict[str
 
 
 @task(name="run-stage", cache_policy=NO_CACHE)
-def run_stage_task(stage: str, params_path: str, overrides: list[str], root: str,
-                   parent_run_id: str | None, force: bool, progress: bool,
-                   upstream_keys: dict[str, str]) -> dict:
+def run_stage_task(
+    stage: str,
+    params_path: str,
+    overrides: list[str],
+    root: str,
+    parent_run_id: str | None,
+    force: bool,
+    progress: bool,
+    upstream_keys: dict[str, str],
+) -> dict:
     from adaptflow.stages import StageContext, execute
     from adaptflow.tracking.store import configure
     from adaptflow.training import resolve_device
 
     params = load_params(params_path, overrides)
     ctx = StageContext(
-        root=Path(root), experiment_id=configure(root, params.experiment),
-        device=resolve_device(params.device), parent_run_id=parent_run_id, progress=progress,
-        force=force, upstream_keys=upstream_keys,
+        root=Path(root),
+        experiment_id=configure(root, params.experiment),
+        device=resolve_device(params.device),
+        parent_run_id=parent_run_id,
+        progress=progress,
+        force=force,
+        upstream_keys=upstream_keys,
     )
     return execute(stage, params, ctx).to_dict()
 
 
-def run_stage(stage: str, params_path: str = "params.yaml", overrides: list[str] | None = None,
-              root: str = ".", parent_run_id: str | None = None, force: bool = False,
-              progress: bool = True, upstream_keys: dict[str, str] | None = None) -> dict:
+def run_stage(
+    stage: str,
+    params_path: str = "params.yaml",
+    overrides: list[str] | None = None,
+    root: str = ".",
+    parent_run_id: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    upstream_keys: dict[str, str] | None = None,
+) -> dict:
     overrides = list(overrides or [])
     check_inputs(stage, params_path, overrides)
-    return run_stage_task(stage, params_path, overrides, root, parent_run_id, force, progress,
-                          dict(upstream_keys or {}))
+    return run_stage_task(
+        stage,
+        params_path,
+        overrides,
+        root,
+        parent_run_id,
+        force,
+        progress,
+        dict(upstream_keys or {}),
+    )

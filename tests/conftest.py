@@ -14,7 +14,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def pytest_configure(config):
-    os.environ.setdefault("MPLCONFIGDIR", str(Path(config.rootpath) / ".cache" / "matplotlib-tests"))
+    os.environ.setdefault(
+        "MPLCONFIGDIR", str(Path(config.rootpath) / ".cache" / "matplotlib-tests")
+    )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")

@@ -23,7 +23,9 @@ def test_smoke_profile_overlays_and_cli_wins(raw_params):
 
 
 def test_set_values_are_typed(raw_params):
-    p = build_params(raw_params, parse_overrides(["ae.lr=1e-2", "ae.hidden=[64, 32]", "ae.patience=null"]))
+    p = build_params(
+        raw_params, parse_overrides(["ae.lr=1e-2", "ae.hidden=[64, 32]", "ae.patience=null"])
+    )
     assert p.ae.lr == 0.01 and p.ae.hidden == [64, 32] and p.ae.patience is None
 
 
@@ -72,7 +74,10 @@ def test_cli_exits_2_and_creates_no_run(project):
     """`adaptflow run --set ae.epochs=-1` names the key, exits 2, and writes no MLflow store."""
     proc = subprocess.run(
         [sys.executable, "-m", "adaptflow.cli", "run", "--set", "ae.epochs=-1"],
-        cwd=project, capture_output=True, text=True, timeout=120,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     assert "ae.epochs" in proc.stderr and "-1" in proc.stderr
@@ -82,7 +87,10 @@ def test_cli_exits_2_and_creates_no_run(project):
 def test_cli_params_shows_merged_values(project):
     proc = subprocess.run(
         [sys.executable, "-m", "adaptflow.cli", "params", "--set", "profile=smoke"],
-        cwd=project, capture_output=True, text=True, timeout=120,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert '"profile": "smoke"' in proc.stdout

@@ -19,7 +19,9 @@ from adaptflow.env import configure_env
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 err = Console(stderr=True)
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a param: KEY=VALUE (repeatable)")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="override a param: KEY=VALUE (repeatable)")
+]
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 
 
@@ -33,15 +35,20 @@ def _validated(params_path: Path, overrides: list[str] | None):
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one per line
 
 
 @app.command()
 def run(
     overrides: SetOpt = None,
-    stage: Annotated[str | None, typer.Option(help="run only this stage (still logged under a pipeline run)")] = None,
+    stage: Annotated[
+        str | None, typer.Option(help="run only this stage (still logged under a pipeline run)")
+    ] = None,
     params_path: ParamsOpt = Path("params.yaml"),
     force: Annotated[bool, typer.Option(help="ignore the cache: recompute every stage")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
@@ -51,17 +58,26 @@ def run(
     from adaptflow.stages import STAGES
 
     if stage is not None and stage not in STAGES:
-        err.print(f"[bold red]error:[/] unknown stage {stage!r}; valid: {', '.join(STAGES.names())}")
+        err.print(
+            f"[bold red]error:[/] unknown stage {stage!r}; valid: {', '.join(STAGES.names())}"
+        )
         raise typer.Exit(2)
     configure_env(".")
     _setup_logging()
-    from adaptflow.data import DataError
     from flows.pipeline import pipeline_flow
+
+    from adaptflow.data import DataError
 
     t0 = time.perf_counter()
     try:
-        outcomes = pipeline_flow(str(params_path), list(overrides or []), ".", force, progress,
-                                 [stage] if stage else None)
+        outcomes = pipeline_flow(
+            str(params_path),
+            list(overrides or []),
+            ".",
+            force,
+            progress,
+            [stage] if stage else None,
+        )
     except DataError as e:
         err.print(f"[bold red]data error:[/] {e}")
         raise typer.Exit(1) from None
@@ -78,7 +94,9 @@ def _print_outcomes(outcomes: dict, seconds: float, profile: str) -> None:
     for col in ("stage", "cached", "key metrics", "model", "run id"):
         table.add_column(col)
     for name, o in outcomes.items():
-        metrics = ", ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in list(o["metrics"].items())[:4])
+        metrics = ", ".join(
+            f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in list(o["metrics"].items())[:4]
+        )
         model = f"{o['model_name']} v{o['model_version']}" if o.get("model_version") else "-"
         table.add_row(name, "yes" if o["cache_hit"] else "no", metrics, model, o["run_id"][:12])
     Console().print(table)
@@ -87,7 +105,9 @@ def _print_outcomes(outcomes: dict, seconds: float, profile: str) -> None:
 
 @app.command()
 def prepare(
-    names: Annotated[list[str] | None, typer.Argument(help="sources to prepare (default: all)")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="sources to prepare (default: all)")
+    ] = None,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """DVC stage `prepare`: write data/prepared/<name>.npz + <name>.json for each data source."""
@@ -95,7 +115,7 @@ def prepare(
     from adaptflow.data import DataError, prepare_all
 
     try:
-        prepare_all(params, names, log=lambda m: err.print(m, highlight=False))
+        prepare_all(params, names, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
     except DataError as e:
         err.print(f"[bold red]data error:[/] {e}")
         raise typer.Exit(1) from None

@@ -15,7 +15,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
-
 class ParamsError(ValueError):
     """Invalid parameters: the message names the key path, the bad value and what is allowed."""
 
@@ -26,7 +25,9 @@ class Frozen(BaseModel):
 
 # ---------------------------------------------------------------- data sources
 class _Source(Frozen):
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share when the source has no split")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="held-out share when the source has no split"
+    )
 
 
 class MnistSource(_Source):
@@ -68,7 +69,9 @@ class MatSource(_Source):
     path: Path
     x_key: str | None = Field(None, description="None: first of Xs, fts, X, data found")
     y_key: str | None = Field(None, description="None: first of Ys, labels, y, Y found")
-    side: str = Field("source", description="for *_vs_* files: 'source' (Xs/Ys) or 'target' (Xt/Yt)")
+    side: str = Field(
+        "source", description="for *_vs_* files: 'source' (Xs/Ys) or 'target' (Xt/Yt)"
+    )
 
 
 class UspsH5Source(Frozen):
@@ -117,9 +120,13 @@ class TrainSettings(Frozen):
     batch_size: int = Field(128, ge=1, le=65_536)
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0)
-    patience: int | None = Field(5, ge=1, description="early-stopping patience in epochs; null: off")
+    patience: int | None = Field(
+        5, ge=1, description="early-stopping patience in epochs; null: off"
+    )
     min_delta: float = Field(0.0, ge=0)
-    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train held out for validation")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of train held out for validation"
+    )
     max_train: int | None = Field(None, ge=10, description="cap on training examples (smoke runs)")
     amp: bool = Field(True, description="mixed precision when on CUDA (ignored on CPU)")
     log_every: int = Field(20, ge=1, description="steps between loss syncs / progress updates")
@@ -135,7 +142,9 @@ def _ae_method_names() -> list[str]:
 class AEStageConfig(TrainSettings):
     dataset: str = "mnist"
     methods: list[str] = Field(default_factory=lambda: ["pca", "ae"], min_length=1)
-    register_method: str = Field("ae", description="which method's model is registered as adaptflow-ae")
+    register_method: str = Field(
+        "ae", description="which method's model is registered as adaptflow-ae"
+    )
     code_size: int = Field(32, ge=1, le=4096)
     hidden: list[Annotated[int, Field(ge=1, le=16384)]] = Field(default_factory=lambda: [256])
     options: dict[str, dict[str, Any]] = Field(
@@ -165,7 +174,6 @@ class Params(Frozen):
 
     def stage(self, name: str) -> Frozen:
         return getattr(self, name)
-
 
 
 # ---------------------------------------------------------------- loading
@@ -232,8 +240,14 @@ def build_params(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -
     profiles = tree.get("profiles") or {}
     if profile != "default":
         if not isinstance(profiles, dict) or profile not in profiles:
-            valid = ", ".join(["default", *sorted(profiles)]) if isinstance(profiles, dict) else "default"
-            raise ParamsError(f"invalid params:\n  profile = {profile!r}: unknown profile; valid: {valid}")
+            valid = (
+                ", ".join(["default", *sorted(profiles)])
+                if isinstance(profiles, dict)
+                else "default"
+            )
+            raise ParamsError(
+                f"invalid params:\n  profile = {profile!r}: unknown profile; valid: {valid}"
+            )
         overlay = profiles[profile] or {}
         if "data" in overlay:
             raise ParamsError(
@@ -259,7 +273,8 @@ def _check_cross_refs(p: Params) -> None:
         )
     if p.ae.register_method not in p.ae.methods or p.ae.register_method == "pca":
         raise ParamsError(
-            f"invalid params:\n  ae.register_method = {p.ae.register_method!r}: must be one of ae.methods "
+            f"invalid params:\n  ae.register_method = {p.ae.register_method!r}: "
+            "must be one of ae.methods "
             "that trains a torch model"
         )
     from adaptflow.methods.ae import AE_METHODS
@@ -279,7 +294,9 @@ def _check_cross_refs(p: Params) -> None:
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"params file {path} not found (run from the project root or pass --params)")
+        raise ParamsError(
+            f"params file {path} not found (run from the project root or pass --params)"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

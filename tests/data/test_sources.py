@@ -70,7 +70,9 @@ def test_mnist1d_offline_sequences():
     s = load(Mnist1dSource(kind="mnist1d", num_samples=500), 0)
     assert s.x_train.shape == (400, 1, 40) and s.x_test.shape == (100, 1, 40)
     assert set(np.unique(s.y_train)) <= set(range(10))
-    np.testing.assert_array_equal(s.x_train, load(Mnist1dSource(kind="mnist1d", num_samples=500), 0).x_train)
+    np.testing.assert_array_equal(
+        s.x_train, load(Mnist1dSource(kind="mnist1d", num_samples=500), 0).x_train
+    )
 
 
 def test_mnist1d_leaves_global_rng_alone():
@@ -134,7 +136,10 @@ def test_usps_h5(tmp_path):
     x, y = _toy(n=40, side=16, classes=4)
     with h5py.File(tmp_path / "u.h5", "w") as f:
         for part in ("train", "test"):
-            f[f"{part}/data"], f[f"{part}/target"] = (x / 255).astype(np.float32), y.astype(np.int32)
+            f[f"{part}/data"], f[f"{part}/target"] = (
+                (x / 255).astype(np.float32),
+                y.astype(np.int32),
+            )
     s = load(UspsH5Source(kind="usps_h5", path=tmp_path / "u.h5"))
     check_images(s, 16, n_classes=4)
     (tmp_path / "bad.h5").write_bytes(b"nope")
@@ -154,8 +159,14 @@ def test_image_folder(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
         for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+                tmp_path / cls / f"{i}.png"
+            )
     s = load(ImageFolderSource(kind="image_folder", path=tmp_path, size=12, test_fraction=0.5))
     check_images(s, 12, n_classes=2)
-    rgb = load(ImageFolderSource(kind="image_folder", path=tmp_path, size=12, channels=3, test_fraction=0.5))
+    rgb = load(
+        ImageFolderSource(
+            kind="image_folder", path=tmp_path, size=12, channels=3, test_fraction=0.5
+        )
+    )
     assert rgb.x_train.shape[1] == 3

@@ -41,9 +41,12 @@ def stage_runs(client, exp_id, parent_id):
 
 def test_pipeline_runs_logs_registers_and_caches(smoke_project):
     out = run_pipeline(SMOKE)["ae"]
-    exp_id = configure(".", "adaptflow")
+    exp_id = configure(".", "adaptflow-smoke")
     client = MlflowClient()
-    assert mlflow.get_tracking_uri().startswith("sqlite:///") and (smoke_project / "mlruns" / "mlflow.db").is_file()
+    assert (
+        mlflow.get_tracking_uri().startswith("sqlite:///")
+        and (smoke_project / "mlruns" / "mlflow.db").is_file()
+    )
 
     stage = client.get_run(out["run_id"])
     parent = client.get_run(stage.data.tags["mlflow.parentRunId"])
@@ -53,7 +56,9 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project):
         assert 0 < stage.data.metrics[key] < 1
     assert parent.data.metrics["ae/test_mse"] == stage.data.metrics["ae/test_mse"]
     assert stage.data.params["ae.epochs"] == "1" and stage.data.tags["adaptflow.git_commit"]
-    assert stage.data.tags["adaptflow.device"] == "cpu" or stage.data.tags["adaptflow.device"].startswith("cuda")
+    assert stage.data.tags["adaptflow.device"] == "cpu" or stage.data.tags[
+        "adaptflow.device"
+    ].startswith("cuda")
 
     # the prepared dataset is an MLflow dataset input whose digest is the file's md5 (DVC's)
     manifest = json.loads((smoke_project / "data/prepared/mnist.json").read_text())
@@ -61,8 +66,12 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project):
     assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [("mnist", manifest["md5"])]
 
     # one nested run per method below the stage run, and the artifacts on the stage run
-    methods = {r.data.tags["adaptflow.method"]: r for r in stage_runs(client, exp_id, stage.info.run_id)}
-    assert set(methods) == {"pca", "ae"} and all(r.info.status == "FINISHED" for r in methods.values())
+    methods = {
+        r.data.tags["adaptflow.method"]: r for r in stage_runs(client, exp_id, stage.info.run_id)
+    }
+    assert set(methods) == {"pca", "ae"} and all(
+        r.info.status == "FINISHED" for r in methods.values()
+    )
     artifacts = {a.path for a in client.list_artifacts(stage.info.run_id, "ae")}
     assert {"ae/comparison.md", "ae/reconstructions.png", "ae/loss_curves.png"} <= artifacts
 
@@ -104,7 +113,7 @@ def test_failing_stage_ends_failed_with_error_tag(smoke_project, monkeypatch):
     with pytest.raises(Exception, match="synthetic failure"):
         print(run_pipeline(SMOKE))
     client = MlflowClient()
-    exp_id = configure(".", "adaptflow")
+    exp_id = configure(".", "adaptflow-smoke")
     failed = client.search_runs([exp_id], "attributes.status = 'FAILED'")
     kinds = {r.data.tags.get("adaptflow.stage", r.data.tags.get("adaptflow.kind")) for r in failed}
     assert kinds == {"ae", "pipeline"}

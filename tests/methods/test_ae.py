@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from adaptflow.config import TrainSettings
+from adaptflow.config import MnistSource, TrainSettings
 from adaptflow.data import SOURCES
-from adaptflow.config import MnistSource
 from adaptflow.methods.ae import AE_METHODS
 from adaptflow.methods.ae.base import FitContext
 from adaptflow.registry import UnknownNameError

@@ -55,14 +55,22 @@ def test_loss_decreases_and_best_is_restored(tmp_path):
     seed_everything(0)
     m = Regressor()
     seen = []
-    t = Trainer(torch.device("cpu"), epochs=5, log_every=3, checkpoint_dir=tmp_path, progress=False,
-                on_epoch_end=lambda e, metrics: seen.append(e))
+    t = Trainer(
+        torch.device("cpu"),
+        epochs=5,
+        log_every=3,
+        checkpoint_dir=tmp_path,
+        progress=False,
+        on_epoch_end=lambda e, metrics: seen.append(e),
+    )
     h = t.fit(m, data(), data(64, seed=1))
     losses = h.series("loss")
     assert losses[-1] < 0.1 * losses[0]
     assert seen == [1, 2, 3, 4, 5] and h.best_epoch >= 1
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
-    assert min(h.series("val_loss")) == pytest.approx(t.evaluate(m, data(64, seed=1))["loss"], rel=1e-5)
+    assert min(h.series("val_loss")) == pytest.approx(
+        t.evaluate(m, data(64, seed=1))["loss"], rel=1e-5
+    )
 
 
 def test_nan_loss_is_detected():
@@ -85,7 +93,9 @@ def test_early_stopping_stops_training():
         def evaluate_batch(self, batch):
             return {"loss": torch.tensor(1.0)}  # validation never improves
 
-    h = Trainer(torch.device("cpu"), epochs=20, patience=2, progress=False).fit(Constant(), data(), data(32))
+    h = Trainer(torch.device("cpu"), epochs=20, patience=2, progress=False).fit(
+        Constant(), data(), data(32)
+    )
     assert h.stopped_early and len(h.epochs) == 3 and h.best_epoch == 1
 
 

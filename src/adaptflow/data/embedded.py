@@ -37,8 +37,12 @@ def digits(cfg, seed: int) -> Split:
     x = (bunch.images / 16.0).astype(np.float32)[:, None]
     if cfg.size != 8:
         x = frame_like_mnist(x, cfg.size) if cfg.framing == "mnist" else resize(x, cfg.size)
-    x_tr, y_tr, x_te, y_te = stratified_split(x, labels_from_zero(bunch.target), cfg.test_fraction, seed)
-    return Split(x_tr, y_tr, x_te, y_te, {"origin": "sklearn.datasets.load_digits", "framing": cfg.framing})
+    x_tr, y_tr, x_te, y_te = stratified_split(
+        x, labels_from_zero(bunch.target), cfg.test_fraction, seed
+    )
+    return Split(
+        x_tr, y_tr, x_te, y_te, {"origin": "sklearn.datasets.load_digits", "framing": cfg.framing}
+    )
 
 
 @SOURCES.register("syndigits")
@@ -68,6 +72,9 @@ def mnist1d(cfg, seed: int) -> Split:
         random.setstate(py_state)
     as_seq = lambda a: np.asarray(a, np.float32)[:, None, :]  # noqa: E731
     return Split(
-        as_seq(d["x"]), labels_from_zero(d["y"]), as_seq(d["x_test"]), labels_from_zero(d["y_test"]),
+        as_seq(d["x"]),
+        labels_from_zero(d["y"]),
+        as_seq(d["x_test"]),
+        labels_from_zero(d["y_test"]),
         {"origin": "mnist1d.make_dataset", "modality": "sequence"},
     )

@@ -25,8 +25,11 @@ def _to_format(x: np.ndarray, side: int, channels: int) -> np.ndarray:
 
 def conform(split: Split, side: int, channels: int) -> Split:
     return Split(
-        _to_format(split.x_train, side, channels), split.y_train,
-        _to_format(split.x_test, side, channels), split.y_test, split.meta,
+        _to_format(split.x_train, side, channels),
+        split.y_train,
+        _to_format(split.x_test, side, channels),
+        split.y_test,
+        split.meta,
     )
 
 
@@ -40,11 +43,14 @@ class DomainPair:
     channels: int
 
     @classmethod
-    def build(cls, source: Split, target: Split, side: int | None = None, channels: int | None = None):
+    def build(
+        cls, source: Split, target: Split, side: int | None = None, channels: int | None = None
+    ):
         side = side or max(source.x_train.shape[-1], target.x_train.shape[-1])
         channels = channels or max(source.x_train.shape[1], target.x_train.shape[1])
         if source.num_classes != target.num_classes:
             raise DataError(
-                f"source has {source.num_classes} classes, target {target.num_classes}: not one task"
+                f"source has {source.num_classes} classes, target {target.num_classes}: "
+                "not one task"
             )
         return cls(conform(source, side, channels), conform(target, side, channels), side, channels)

@@ -48,13 +48,18 @@ def manifest_for(name: str, split: Split, md5: str, sha256: str) -> dict:
         "name": name,
         "md5": md5,
         "sha256": sha256,
-        "shapes": {k: list(getattr(split, k).shape) for k in ("x_train", "y_train", "x_test", "y_test")},
+        "shapes": {
+            k: list(getattr(split, k).shape) for k in ("x_train", "y_train", "x_test", "y_test")
+        },
         "num_classes": split.num_classes,
         "class_counts": {
             "train": np.bincount(split.y_train, minlength=split.num_classes).tolist(),
             "test": np.bincount(split.y_test, minlength=split.num_classes).tolist(),
         },
-        "x_range": [float(min(split.x_train.min(), split.x_test.min())), float(max(split.x_train.max(), split.x_test.max()))],
+        "x_range": [
+            float(min(split.x_train.min(), split.x_test.min())),
+            float(max(split.x_train.max(), split.x_test.max())),
+        ],
         "meta": split.meta,
     }
 
@@ -88,7 +93,10 @@ def prepare_all(params, names: list[str] | None = None, log=print) -> dict[str, 
     done = {}
     for name in names:
         m = prepare_source(name, sources[name], params.seed, out_dir)
-        log(f"prepared {name}: train {m['shapes']['x_train']} test {m['shapes']['x_test']} md5 {m['md5']}")
+        log(
+            f"prepared {name}: train {m['shapes']['x_train']} test {m['shapes']['x_test']} "
+            f"md5 {m['md5']}"
+        )
         done[name] = m
     return done
 
@@ -119,7 +127,9 @@ def read_manifest(prepared_dir: Path, name: str) -> tuple[Path, dict]:
 def load_prepared(prepared_dir: Path | str, name: str, verify: bool = True) -> Prepared:
     npz_path, manifest = read_manifest(Path(prepared_dir), name)
     if verify and file_digests(npz_path)[0] != manifest.get("md5"):
-        raise DataError(f"prepared dataset {npz_path} does not match its manifest (corrupt or edited); {FIX}")
+        raise DataError(
+            f"prepared dataset {npz_path} does not match its manifest (corrupt or edited); {FIX}"
+        )
     try:
         with np.load(npz_path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}

@@ -27,7 +27,9 @@ def font_paths() -> list[Path]:
 
     root = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     found = sorted({p for pat in FONT_PATTERNS for p in root.glob(pat)})
-    usable = [p for p in found if all(FT2Font(str(p)).get_char_index(ord(str(d))) for d in range(10))]
+    usable = [
+        p for p in found if all(FT2Font(str(p)).get_char_index(ord(str(d))) for d in range(10))
+    ]
     if not usable:
         raise FileNotFoundError(f"no font with digit glyphs under {root}")
     return usable
@@ -72,8 +74,13 @@ def glyph_bank(side: int) -> tuple[torch.Tensor, list[str]]:
 
 
 def render(
-    n: int, seed: int, side: int = 28, max_rotation: float = 15.0, noise: float = 0.05,
-    bank: torch.Tensor | None = None, batch: int = 4096,
+    n: int,
+    seed: int,
+    side: int = 28,
+    max_rotation: float = 15.0,
+    noise: float = 0.05,
+    bank: torch.Tensor | None = None,
+    batch: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n random digits: images (n, 1, side, side) float32 in [0,1], labels, font index."""
     if bank is None:
@@ -90,7 +97,9 @@ def render(
     return x, y.numpy().astype(np.int64), font.numpy()
 
 
-def _augment(x: torch.Tensor, g: torch.Generator, max_rotation: float, noise: float) -> torch.Tensor:
+def _augment(
+    x: torch.Tensor, g: torch.Generator, max_rotation: float, noise: float
+) -> torch.Tensor:
     b = x.shape[0]
 
     def uniform(lo: float, hi: float) -> torch.Tensor:

@@ -1,1 +1,1 @@
-"""The math the seed defines, written out: reconstruction now; KL sparsity, ELBO, MMD, CORAL later."""
+"""The math the seed defines, written out: reconstruction, KL sparsity, ELBO, MMD, CORAL."""

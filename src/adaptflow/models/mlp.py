@@ -20,10 +20,14 @@ def mlp(sizes: Sequence[int], hidden_act: str = "relu", out_act: str = "none") -
 
 
 class Encoder(nn.Module):
-    def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], code_size: int, code_act: str):
+    def __init__(
+        self, input_shape: Sequence[int], hidden: Sequence[int], code_size: int, code_act: str
+    ):
         super().__init__()
         self.input_shape = tuple(input_shape)
-        self.net = nn.Sequential(nn.Flatten(), mlp([math.prod(input_shape), *hidden, code_size], "relu", code_act))
+        self.net = nn.Sequential(
+            nn.Flatten(), mlp([math.prod(input_shape), *hidden, code_size], "relu", code_act)
+        )
 
     def forward(self, x):
         return self.net(x)

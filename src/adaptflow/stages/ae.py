@@ -35,8 +35,12 @@ def reconstruction_metrics(x_hat: np.ndarray, x: np.ndarray) -> dict[str, float]
 
 def comparison_table(rows: dict[str, dict[str, float]], code_size: int) -> str:
     keys = ["test_mse", "test_bce", "train_seconds"]
-    lines = [f"# ae: reconstruction at code size {code_size} (test split)", "",
-             "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines = [
+        f"# ae: reconstruction at code size {code_size} (test split)",
+        "",
+        "| method | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
     for name, m in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[k]:.5f}" for k in keys) + " |")
     return "\n".join(lines) + "\n"
@@ -49,7 +53,9 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     cfg = params.ae
     split = data[cfg.dataset].split
     if split.x_train.ndim != 4:
-        raise ValueError(f"ae.dataset {cfg.dataset!r} holds sequences, not images; pick an image source")
+        raise ValueError(
+            f"ae.dataset {cfg.dataset!r} holds sequences, not images; pick an image source"
+        )
     x_tr, x_val = split_train_val(split.x_train, cfg.val_fraction, cfg.max_train, params.seed)
     x_te = split.x_test
     shape = x_tr.shape[1:]
@@ -71,8 +77,11 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
             fit_ctx = FitContext(cfg, ctx.device, params.seed, ctx.progress, on_epoch)
             history = method.fit(x_tr, x_val, fit_ctx)
             rec = reconstruction_metrics(method.reconstruct_np(x_te), x_te)
-            m = {"test_mse": rec["mse"], "test_bce": rec["bce"],
-                 "train_seconds": history.seconds if history else 0.0}
+            m = {
+                "test_mse": rec["mse"],
+                "test_bce": rec["bce"],
+                "train_seconds": history.seconds if history else 0.0,
+            }
             if history:
                 m["best_epoch"] = history.best_epoch
                 curves[f"{name} train"] = history.series("loss")
@@ -89,17 +98,22 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     summary["ae/test_bce"] = results[cfg.register_method]["test_bce"]
     if "pca" in results:
         summary[f"ae/test_mse_ratio_{cfg.register_method}_vs_pca"] = (
-            results[cfg.register_method]["test_mse"] / results["pca"]["test_mse"])
+            results[cfg.register_method]["test_mse"] / results["pca"]["test_mse"]
+        )
     runs.log_metrics(summary)
     runs.log_text(comparison_table(results, cfg.code_size), "ae/comparison.md")
-    runs.log_figure(plots.image_rows(recon_rows, title=f"test reconstructions, code size {cfg.code_size}"),
-                    "ae/reconstructions.png")
+    runs.log_figure(
+        plots.image_rows(recon_rows, title=f"test reconstructions, code size {cfg.code_size}"),
+        "ae/reconstructions.png",
+    )
     if curves:
-        runs.log_figure(plots.curves(curves, ylabel=f"loss"), "ae/loss_curves.png")
+        runs.log_figure(plots.curves(curves, ylabel="loss"), "ae/loss_curves.png")
     outcome.metrics = summary
     return outcome
 
 
 STAGE = STAGES.register("ae")(
-    StageSpec(name="ae", datasets=lambda p: [p.ae.dataset], run=run, registered_model="adaptflow-ae")
+    StageSpec(
+        name="ae", datasets=lambda p: [p.ae.dataset], run=run, registered_model="adaptflow-ae"
+    )
 )

@@ -96,21 +96,42 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
     data = load_inputs(params, spec)
     key = cache_key(name, params, {k: v.digest for k, v in data.items()}, ctx.upstream_keys)
     cached = None if ctx.force else runs.find_cached(ctx.experiment_id, name, key)
-    tags = {runs.TAG_STAGE: name, runs.TAG_KEY: key, runs.TAG_HIT: str(cached is not None).lower(),
-            "adaptflow.seed": str(params.seed), "adaptflow.device": str(ctx.device),
-            "adaptflow.profile": params.profile, "adaptflow.git_commit": runs.git_commit(ctx.root)}
-    with runs.run(name, tags=tags, parent_run_id=ctx.parent_run_id, experiment_id=ctx.experiment_id) as active:
+    tags = {
+        runs.TAG_STAGE: name,
+        runs.TAG_KEY: key,
+        runs.TAG_HIT: str(cached is not None).lower(),
+        "adaptflow.seed": str(params.seed),
+        "adaptflow.device": str(ctx.device),
+        "adaptflow.profile": params.profile,
+        "adaptflow.git_commit": runs.git_commit(ctx.root),
+    }
+    with runs.run(
+        name, tags=tags, parent_run_id=ctx.parent_run_id, experiment_id=ctx.experiment_id
+    ) as active:
         if cached is not None:
             log.info("stage %s: cache hit (run %s), nothing to compute", name, cached.info.run_id)
             runs.replay_cached(cached)
             t = cached.data.tags
-            return StageOutcome(name, active.info.run_id, key, True, dict(cached.data.metrics),
-                                t.get("adaptflow.model_name"), t.get("adaptflow.model_version"))
+            return StageOutcome(
+                name,
+                active.info.run_id,
+                key,
+                True,
+                dict(cached.data.metrics),
+                t.get("adaptflow.model_name"),
+                t.get("adaptflow.model_version"),
+            )
         runs.log_params(params.stage(name).model_dump(mode="json"), prefix=name)
         runs.log_params({"seed": params.seed, "device": str(ctx.device), "profile": params.profile})
         for ds_name, prepared in data.items():
-            runs.log_dataset(ds_name, prepared.path, prepared.digest, prepared.split.x_train,
-                             prepared.split.y_train, context="training")
+            runs.log_dataset(
+                ds_name,
+                prepared.path,
+                prepared.digest,
+                prepared.split.x_train,
+                prepared.split.y_train,
+                context="training",
+            )
         outcome = spec.run(params, ctx, data)
         outcome.stage, outcome.run_id, outcome.cache_key = name, active.info.run_id, key
         if outcome.model_version:  # on the stage run too, so a cache hit can report the model

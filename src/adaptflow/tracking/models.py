@@ -24,7 +24,9 @@ def pip_requirements() -> list[str]:
     return [f"{p}=={md.version(p)}" for p in RUNTIME_PACKAGES]
 
 
-def log_torch_model(model: torch.nn.Module, x_example: np.ndarray, registered_name: str | None) -> tuple[str, str | None]:
+def log_torch_model(
+    model: torch.nn.Module, x_example: np.ndarray, registered_name: str | None
+) -> tuple[str, str | None]:
     """Log a torch module (pickle format + the adaptflow source as code_paths) and its state_dict.
 
     pickle, not pt2: pt2 loads back as a traced GraphModule, losing encode()/decode methods that
@@ -56,15 +58,19 @@ def _log(model, x_example, y_example, registered_name):
     import adaptflow
 
     return mlflow.pytorch.log_model(
-        model, name="model", serialization_format="pickle", pip_requirements=pip_requirements(),
+        model,
+        name="model",
+        serialization_format="pickle",
+        pip_requirements=pip_requirements(),
         code_paths=[str(Path(adaptflow.__file__).parent)],
-        signature=infer_signature(x_example, y_example), registered_model_name=registered_name,
+        signature=infer_signature(x_example, y_example),
+        registered_model_name=registered_name,
         await_registration_for=0,
     )
 
 
 def ensure_champion(name: str, version: str) -> str:
-    """Give `champion` to `version` unless the model already has one (promotion gates come later)."""
+    """Give `champion` to `version` unless the model has one already (gates come later)."""
     client = MlflowClient()
     try:
         return str(client.get_model_version_by_alias(name, CHAMPION).version)

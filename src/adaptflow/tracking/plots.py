@@ -25,7 +25,9 @@ def image_rows(rows: dict[str, np.ndarray], n: int = 10, title: str = ""):
     return fig
 
 
-def curves(series: dict[str, list[float]], xlabel: str = "epoch", ylabel: str = "loss", title: str = ""):
+def curves(
+    series: dict[str, list[float]], xlabel: str = "epoch", ylabel: str = "loss", title: str = ""
+):
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for label, ys in series.items():
         ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=label)

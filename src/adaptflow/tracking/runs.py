@@ -35,31 +35,53 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def git_commit(root: Path | str = ".") -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 @contextmanager
-def run(name: str, tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-        experiment_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def run(
+    name: str,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+    experiment_id: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
     """A run that ends FINISHED, or FAILED with the error as tags (then the error propagates)."""
     current = mlflow.active_run()
     if experiment_id is None and current is not None:
         experiment_id = current.info.experiment_id
-    active = mlflow.start_run(run_name=name, nested=parent_run_id is not None or mlflow.active_run() is not None,
-                              parent_run_id=parent_run_id, experiment_id=experiment_id, tags=tags or {})
+    active = mlflow.start_run(
+        run_name=name,
+        nested=parent_run_id is not None or mlflow.active_run() is not None,
+        parent_run_id=parent_run_id,
+        experiment_id=experiment_id,
+        tags=tags or {},
+    )
     try:
         yield active
     except BaseException as e:
-        mlflow.set_tags({
-            "adaptflow.error": f"{type(e).__name__}: {e}"[:5000],
-            "adaptflow.traceback": traceback.format_exc()[-5000:],
-        })
+        mlflow.set_tags(
+            {
+                "adaptflow.error": f"{type(e).__name__}: {e}"[:5000],
+                "adaptflow.traceback": traceback.format_exc()[-5000:],
+            }
+        )
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
@@ -77,12 +99,15 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def log_dataset(name: str, path: Path, digest: str, x: np.ndarray, y: np.ndarray, context: str) -> None:
+def log_dataset(
+    name: str, path: Path, digest: str, x: np.ndarray, y: np.ndarray, context: str
+) -> None:
     """The prepared dataset as an MLflow dataset input; digest = the file's DVC md5."""
     with warnings.catch_warnings():  # mlflow registers two local-file source kinds; both fit
         warnings.simplefilter("ignore", UserWarning)
-        ds = mlflow.data.from_numpy(x[:1], source=str(Path(path).resolve()), targets=y[:1], name=name,
-                                    digest=digest)
+        ds = mlflow.data.from_numpy(
+            x[:1], source=str(Path(path).resolve()), targets=y[:1], name=name, digest=digest
+        )
     mlflow.log_input(ds, context=context)
 
 
@@ -105,9 +130,12 @@ def find_cached(experiment_id: str, stage: str, key: str) -> Any | None:
     """The newest FINISHED, really-computed run of `stage` with this cache key, or None."""
     runs = MlflowClient().search_runs(
         [experiment_id],
-        filter_string=(f"tags.`{TAG_KEY}` = '{key}' and tags.`{TAG_STAGE}` = '{stage}' "
-                       f"and tags.`{TAG_HIT}` = 'false' and attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1,
+        filter_string=(
+            f"tags.`{TAG_KEY}` = '{key}' and tags.`{TAG_STAGE}` = '{stage}' "
+            f"and tags.`{TAG_HIT}` = 'false' and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     return runs[0] if runs else None
 

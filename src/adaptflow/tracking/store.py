@@ -11,7 +11,6 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-
 _OWN_URI: str | None = None  # the default URI we set (mlflow copies it into MLFLOW_TRACKING_URI)
 
 

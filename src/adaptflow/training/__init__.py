@@ -2,9 +2,23 @@
 
 from adaptflow.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from adaptflow.training.device import resolve_device, seed_everything
-from adaptflow.training.trainer import EarlyStopping, History, NonFiniteLossError, StepContext, Trainer
+from adaptflow.training.trainer import (
+    EarlyStopping,
+    History,
+    NonFiniteLossError,
+    StepContext,
+    Trainer,
+)
 
 __all__ = [
-    "CheckpointError", "EarlyStopping", "History", "NonFiniteLossError", "StepContext", "Trainer",
-    "load_checkpoint", "resolve_device", "save_checkpoint", "seed_everything",
+    "CheckpointError",
+    "EarlyStopping",
+    "History",
+    "NonFiniteLossError",
+    "StepContext",
+    "Trainer",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
 ]

@@ -27,9 +27,13 @@ def load_checkpoint(path: Path | str, model: torch.nn.Module, map_location="cpu"
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, pickle with code, not a torch file...
-        raise CheckpointError(f"checkpoint {path} cannot be read safely ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read safely ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"checkpoint {path} is not an adaptflow checkpoint (no 'model' state_dict)")
+        raise CheckpointError(
+            f"checkpoint {path} is not an adaptflow checkpoint (no 'model' state_dict)"
+        )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -120,7 +120,9 @@ class Trainer:
         self.checkpoint_dir, self.progress = checkpoint_dir, progress
         self.on_epoch_end, self.desc = on_epoch_end, desc
 
-    def fit(self, method: torch.nn.Module, train_loader: Iterable, val_loader: Iterable | None = None) -> History:
+    def fit(
+        self, method: torch.nn.Module, train_loader: Iterable, val_loader: Iterable | None = None
+    ) -> History:
         method.to(self.device)
         step = StepContext(self.device, self.amp)
         history, best_state = History(), None
@@ -128,16 +130,23 @@ class Trainer:
         n_batches = len(train_loader) if hasattr(train_loader, "__len__") else None
         console = Console(stderr=True)
         with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-            console=console, disable=not self.progress, transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not self.progress,
+            transient=True,
         ) as bar:
             task = bar.add_task(self.desc, total=self.epochs * (n_batches or 0) or None, info="")
             for epoch in range(1, self.epochs + 1):
                 t0 = time.perf_counter()
                 metrics = self._train_epoch(method, train_loader, step, epoch, bar, task)
                 if val_loader is not None:
-                    metrics.update({f"val_{k}": v for k, v in self.evaluate(method, val_loader).items()})
+                    metrics.update(
+                        {f"val_{k}": v for k, v in self.evaluate(method, val_loader).items()}
+                    )
                 metrics["epoch_seconds"] = time.perf_counter() - t0
                 history.epochs.append(metrics)
                 monitored = metrics.get(self.monitor, metrics.get("loss"))
@@ -154,14 +163,21 @@ class Trainer:
                 log.info("%s epoch %d/%d %s", self.desc, epoch, self.epochs, shown)
                 if self.stopper.should_stop:
                     history.stopped_early = True
-                    log.info("%s: early stop after epoch %d (best epoch %d)", self.desc, epoch, history.best_epoch)
+                    log.info(
+                        "%s: early stop after epoch %d (best epoch %d)",
+                        self.desc,
+                        epoch,
+                        history.best_epoch,
+                    )
                     break
         if best_state is not None:
             method.load_state_dict(best_state)
         history.seconds = time.perf_counter() - start
         return history
 
-    def _train_epoch(self, method, loader, step: StepContext, epoch: int, bar, task) -> dict[str, float]:
+    def _train_epoch(
+        self, method, loader, step: StepContext, epoch: int, bar, task
+    ) -> dict[str, float]:
         method.train()
         sums: dict[str, torch.Tensor] = {}
         window: dict[str, torch.Tensor] = {}
@@ -176,10 +192,16 @@ class Trainer:
             if i % self.log_every == 0:
                 vals = {k: (v / self.log_every).item() for k, v in window.items()}
                 _check_finite(vals, f"epoch {epoch} step {i}")
-                bar.update(task, advance=self.log_every, info=" ".join(f"{k}={v:.4f}" for k, v in vals.items()))
+                bar.update(
+                    task,
+                    advance=self.log_every,
+                    info=" ".join(f"{k}={v:.4f}" for k, v in vals.items()),
+                )
                 window = {}
         if n == 0:
-            raise ValueError("the training loader yielded no batch (dataset smaller than one batch?)")
+            raise ValueError(
+                "the training loader yielded no batch (dataset smaller than one batch?)"
+            )
         bar.update(task, advance=n % self.log_every)
         means = {k: (v / n).item() for k, v in sums.items()}
         _check_finite(means, f"the end of epoch {epoch}")

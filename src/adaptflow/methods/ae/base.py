@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch.utils.data import DataLoader, TensorDataset
 
-from adaptflow.training import History, StepContext, Trainer
+from adaptflow.training import History, Trainer
 
 
 class NoOptions(BaseModel):
@@ -32,8 +33,13 @@ class FitContext:
 
 def loader(x: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(torch.from_numpy(x)), batch_size=batch_size, shuffle=shuffle,
-                      generator=g, drop_last=False)
+    return DataLoader(
+        TensorDataset(torch.from_numpy(x)),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=g,
+        drop_last=False,
+    )
 
 
 class TorchAE(torch.nn.Module):
@@ -43,19 +49,31 @@ class TorchAE(torch.nn.Module):
     is_torch = True
 
     def configure_optimizers(self, settings) -> list[torch.optim.Optimizer]:
-        return [torch.optim.Adam(self.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)]
+        return [
+            torch.optim.Adam(self.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        ]
 
     def fit(self, x_train: np.ndarray, x_val: np.ndarray, ctx: FitContext) -> History:
         s = ctx.settings
         self.optimizers = self.configure_optimizers(s)
         trainer = Trainer(
-            ctx.device, epochs=s.epochs, patience=s.patience, min_delta=s.min_delta, amp=s.amp,
-            log_every=s.log_every, checkpoint_dir=ctx.checkpoint_dir, progress=ctx.progress,
-            on_epoch_end=ctx.on_epoch_end, desc=self.name,
+            ctx.device,
+            epochs=s.epochs,
+            patience=s.patience,
+            min_delta=s.min_delta,
+            amp=s.amp,
+            log_every=s.log_every,
+            checkpoint_dir=ctx.checkpoint_dir,
+            progress=ctx.progress,
+            on_epoch_end=ctx.on_epoch_end,
+            desc=self.name,
         )
         try:
-            return trainer.fit(self, loader(x_train, s.batch_size, True, ctx.seed),
-                               loader(x_val, s.batch_size * 4, False))
+            return trainer.fit(
+                self,
+                loader(x_train, s.batch_size, True, ctx.seed),
+                loader(x_val, s.batch_size * 4, False),
+            )
         finally:
             del self.optimizers  # not part of the model that gets pickled into MLflow
 
@@ -63,8 +81,10 @@ class TorchAE(torch.nn.Module):
     def _map(self, fn, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         self.eval()
         device = next(self.parameters()).device
-        out = [fn(torch.from_numpy(x[i : i + batch_size]).to(device)).float().cpu()
-               for i in range(0, len(x), batch_size)]
+        out = [
+            fn(torch.from_numpy(x[i : i + batch_size]).to(device)).float().cpu()
+            for i in range(0, len(x), batch_size)
+        ]
         return torch.cat(out).numpy()
 
     def encode_np(self, x: np.ndarray) -> np.ndarray:

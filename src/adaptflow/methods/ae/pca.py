@@ -1,4 +1,4 @@
-"""PCA baseline (sklearn): the linear autoencoder an MLP autoencoder must beat at the same code size."""
+"""PCA baseline (sklearn): the linear autoencoder to beat at the same code size."""
 
 from __future__ import annotations
 
