@@ -14,14 +14,15 @@ from prefect import flow
 
 from adaptflow.config import load_params
 from flows.ae import ae_flow
+from flows.pretrain import pretrain_flow
 
-STAGE_FLOWS = {"ae": ae_flow}  # pipeline order
+STAGE_FLOWS = {"ae": ae_flow, "pretrain": pretrain_flow}  # pipeline order
 
 
 def _write_metrics(path: Path, outcomes: dict[str, dict]) -> None:
     """reports/metrics.json for `dvc metrics show`, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {stage: o["metrics"] for stage, o in outcomes.items()}
+    body = {k: v for o in outcomes.values() for k, v in o["metrics"].items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(body, f, indent=2, sort_keys=True)

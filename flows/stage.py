@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.config import load_params
@@ -74,3 +74,23 @@ def run_stage(
         progress,
         dict(upstream_keys or {}),
     )
+
+
+def stage_flow(stage: str):
+    """The Prefect flow of one stage (a subflow of the pipeline, or run alone)."""
+
+    @flow(name=stage)
+    def _flow(
+        params_path: str = "params.yaml",
+        overrides: list[str] | None = None,
+        root: str = ".",
+        parent_run_id: str | None = None,
+        force: bool = False,
+        progress: bool = True,
+        upstream_keys: dict[str, str] | None = None,
+    ) -> dict:
+        return run_stage(
+            stage, params_path, overrides, root, parent_run_id, force, progress, upstream_keys
+        )
+
+    return _flow

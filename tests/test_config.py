@@ -35,7 +35,7 @@ def test_set_values_are_typed(raw_params):
         ("ae.epochs=-1", "ae.epochs", "greater than or equal to 1"),
         ("ae.epochs=lots", "ae.epochs", "valid integer"),
         ("ae.colour=red", "ae.colour", "unknown key"),
-        ("ae.methods=[pca, nope]", "ae.methods", "valid: ae, pca"),
+        ("ae.methods=[pca, nope]", "ae.methods", "valid: ae, denoising, pca, sparse, vae"),
         ("ae.dataset=missing", "ae.dataset", "valid: mnist"),
         ("ae.register_method=pca", "ae.register_method", "torch model"),
         ("profile=huge", "profile", "valid: default, smoke"),
@@ -43,7 +43,9 @@ def test_set_values_are_typed(raw_params):
         ("data.sources.mnist.test_fraction=1.5", "data.sources.mnist.test_fraction", "less than 1"),
         ("data.sources.mnist.kind=nope", "data.sources.mnist", "kind"),
         ("ae.options.ae.loss=hinge", "ae.options.ae.loss", "'mse' or 'bce'"),
-        ("ae.options.vae.beta=1", "ae.options.vae", "unknown ae method"),
+        ("ae.options.rbm.k=1", "ae.options.rbm", "unknown ae method"),
+        ("ae.options.sparse.rho=1.5", "ae.options.sparse.rho", "less than 1"),
+        ("ae.archs=[mlp, transformer]", "ae.archs", "'mlp' or 'conv'"),
     ],
 )
 def test_bad_params_name_key_value_and_allowed(raw_params, override, path, hint):

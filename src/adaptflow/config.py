@@ -141,12 +141,29 @@ def _ae_method_names() -> list[str]:
 
 class AEStageConfig(TrainSettings):
     dataset: str = "mnist"
-    methods: list[str] = Field(default_factory=lambda: ["pca", "ae"], min_length=1)
-    register_method: str = Field(
-        "ae", description="which method's model is registered as adaptflow-ae"
+    methods: list[str] = Field(
+        default_factory=lambda: ["pca", "ae", "sparse", "denoising", "vae"], min_length=1
     )
+    archs: list[Literal["mlp", "conv"]] = Field(
+        default_factory=lambda: ["mlp"], min_length=1, description="encoder/decoder variants to run"
+    )
+    register_method: str = Field("ae", description="whose model (first arch) becomes adaptflow-ae")
     code_size: int = Field(32, ge=1, le=4096)
     hidden: list[Annotated[int, Field(ge=1, le=16384)]] = Field(default_factory=lambda: [256])
+    conv_channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [32, 64], min_length=1, max_length=4
+    )
+    anomaly_digit: int | None = Field(
+        9,
+        ge=0,
+        description="held out of a second training run; AUROC of its recon error. null: skip",
+    )
+    eval_sigma: float = Field(0.3, gt=0, le=2, description="Gaussian noise for the denoising PSNR")
+    eval_mask_p: float = Field(0.3, gt=0, lt=1, description="masking noise for the denoising PSNR")
+    iw_samples: int = Field(200, ge=100, le=10_000, description="k of the importance-weighted NLL")
+    iw_images: int = Field(500, ge=10, description="test images used for the VAE NLL")
+    tsne_points: int = Field(500, ge=0, description="test codes in the t-SNE plot (0: no plot)")
+    max_test: int | None = Field(None, ge=10, description="cap on test examples (smoke runs)")
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-method options, validated by the method's Config"
     )
@@ -163,6 +180,47 @@ class AEStageConfig(TrainSettings):
         return v
 
 
+class PretrainBudget(Frozen):
+    """The unsupervised budget of each layer."""
+
+    epochs: int = Field(20, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    amp: bool = True
+
+
+class PretrainStageConfig(TrainSettings):
+    """Greedy layer-wise pretraining vs random init; TrainSettings are the fine-tuning budget."""
+
+    dataset: str = "mnist"
+    layers: list[Annotated[int, Field(ge=1, le=16384)]] = Field(
+        default_factory=lambda: [500, 250, 100], min_length=1, max_length=8
+    )
+    activation: Literal["sigmoid", "relu", "tanh"] = "sigmoid"
+    layer_method: Literal["ae", "denoising", "sparse", "rbm"] = "ae"
+    layer_options: dict[str, Any] = Field(
+        default_factory=dict, description="the layer method's Config"
+    )
+    pretrain: PretrainBudget = Field(default_factory=PretrainBudget)
+    label_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.01, 0.05, 0.1, 1.0], min_length=1
+    )
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1
+    )
+    convergence_level: float = Field(
+        0.95, gt=0, le=1, description="epochs to reach this share of the final accuracy"
+    )
+    patience: int | None = Field(None, ge=1, description="off: both arms get the full budget")
+
+    @field_validator("label_fractions", "seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("values are listed twice")
+        return sorted(v)
+
+
 class Params(Frozen):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -170,6 +228,7 @@ class Params(Frozen):
     experiment: str = Field("adaptflow", min_length=1)
     data: DataConfig
     ae: AEStageConfig = Field(default_factory=AEStageConfig)
+    pretrain: PretrainStageConfig = Field(default_factory=PretrainStageConfig)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def stage(self, name: str) -> Frozen:
@@ -266,11 +325,14 @@ def build_params(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -
 
 
 def _check_cross_refs(p: Params) -> None:
-    if p.ae.dataset not in p.data.sources:
-        raise ParamsError(
-            f"invalid params:\n  ae.dataset = {p.ae.dataset!r}: not a data source; "
-            f"valid: {', '.join(p.data.sources)}"
-        )
+    for stage in ("ae", "pretrain"):
+        dataset = getattr(p, stage).dataset
+        if dataset not in p.data.sources:
+            raise ParamsError(
+                f"invalid params:\n  {stage}.dataset = {dataset!r}: not a data source; "
+                f"valid: {', '.join(p.data.sources)}"
+            )
+    _check_pretrain(p.pretrain)
     if p.ae.register_method not in p.ae.methods or p.ae.register_method == "pca":
         raise ParamsError(
             f"invalid params:\n  ae.register_method = {p.ae.register_method!r}: "
@@ -289,6 +351,20 @@ def _check_cross_refs(p: Params) -> None:
             AE_METHODS.get(name).Config.model_validate(opts)
         except ValidationError as e:
             raise ParamsError(_format_error(e).replace("\n  ", f"\n  ae.options.{name}.")) from None
+
+
+def _check_pretrain(cfg: PretrainStageConfig) -> None:
+    from adaptflow.methods.pretrain import LAYER_METHODS
+
+    try:
+        LAYER_METHODS.get(cfg.layer_method).Config.model_validate(cfg.layer_options)
+    except ValidationError as e:
+        raise ParamsError(_format_error(e).replace("\n  ", "\n  pretrain.layer_options.")) from None
+    if cfg.layer_method in ("rbm", "sparse") and cfg.activation != "sigmoid":
+        raise ParamsError(
+            f"invalid params:\n  pretrain.activation = {cfg.activation!r}: layer_method "
+            f"{cfg.layer_method!r} needs sigmoid units"
+        )
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:

@@ -41,5 +41,9 @@ class Decoder(nn.Module):
         self.output_shape = tuple(output_shape)
         self.net = mlp([code_size, *reversed(hidden), math.prod(output_shape)], "relu", "none")
 
+    @property
+    def output_bias(self):
+        return self.net[-2].bias
+
     def forward(self, z):
         return self.net(z).view(-1, *self.output_shape)

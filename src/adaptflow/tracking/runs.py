@@ -122,6 +122,11 @@ def log_text(text: str, path: str) -> None:
     mlflow.log_text(text, path)
 
 
+def log_text_to(run_id: str, text: str, path: str) -> None:
+    """Text artifact on another run (e.g. the pipeline parent) without switching the active run."""
+    MlflowClient().log_text(run_id, text, path)
+
+
 def set_model_tags(name: str, version: str) -> None:
     mlflow.set_tags({"adaptflow.model_name": name, "adaptflow.model_version": version})
 

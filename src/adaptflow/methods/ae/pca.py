@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from adaptflow.methods.ae.base import FitContext, NoOptions
+from adaptflow.methods.ae.base import FitContext, Options
 from adaptflow.methods.ae.registry import AE_METHODS
 
 
 @AE_METHODS.register("pca")
 class PCABaseline:
     name = "pca"
-    Config = NoOptions
+    Config = Options
     is_torch = False
 
-    def __init__(self, input_shape, hidden, code_size: int, options=None):
+    def __init__(self, spec, options=None):
         from sklearn.decomposition import PCA
 
-        self.input_shape = tuple(input_shape)
-        self.pca = PCA(n_components=code_size, svd_solver="randomized", random_state=0)
+        self.spec = spec
+        self.input_shape = tuple(spec.input_shape)
+        self.pca = PCA(n_components=spec.code_size, svd_solver="randomized", random_state=0)
 
     def fit(self, x_train: np.ndarray, x_val: np.ndarray, ctx: FitContext) -> None:
         n_features = int(np.prod(self.input_shape))
