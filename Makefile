@@ -56,6 +56,13 @@ test: $(STAMP) ## run the test suite (slow tests excluded)
 test-slow: $(STAMP) ## run only the slow tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: bench-pretrain ## run every benchmark
+
+.PHONY: bench-pretrain
+bench-pretrain: data ## greedy vs random init over label fractions x seeds (default profile), printed table
+	$(BIN)/python -m bench.pretrain_sweep $(foreach s,$(SET),--set $(s))
+
 .PHONY: ui
 ui: $(STAMP) ## serve the MLflow UI on http://127.0.0.1:$(PORT)
 	@mkdir -p mlruns/artifacts

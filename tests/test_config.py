@@ -46,6 +46,18 @@ def test_set_values_are_typed(raw_params):
         ("ae.options.rbm.k=1", "ae.options.rbm", "unknown ae method"),
         ("ae.options.sparse.rho=1.5", "ae.options.sparse.rho", "less than 1"),
         ("ae.archs=[mlp, transformer]", "ae.archs", "'mlp' or 'conv'"),
+        (
+            "pretrain.layer_method=dbn",
+            "pretrain.layer_method",
+            "'ae', 'denoising', 'sparse' or 'rbm'",
+        ),
+        (
+            "pretrain.label_fractions=[0.1, 1.5]",
+            "pretrain.label_fractions",
+            "less than or equal to 1",
+        ),
+        ("pretrain.seeds=[0, 0]", "pretrain.seeds", "listed twice"),
+        ("pretrain.layer_options={q: 1}", "pretrain.layer_options.q", "unknown key"),
     ],
 )
 def test_bad_params_name_key_value_and_allowed(raw_params, override, path, hint):
@@ -53,6 +65,17 @@ def test_bad_params_name_key_value_and_allowed(raw_params, override, path, hint)
         build_params(raw_params, parse_overrides([override]))
     msg = str(err.value)
     assert path in msg and hint in msg, msg
+
+
+def test_rbm_layers_need_sigmoid_units(raw_params):
+    with pytest.raises(ParamsError, match="pretrain.activation = 'relu'.*needs sigmoid"):
+        build_params(
+            raw_params, parse_overrides(["pretrain.layer_method=rbm", "pretrain.activation=relu"])
+        )
+    assert (
+        build_params(raw_params, parse_overrides(["pretrain.activation=relu"])).pretrain.activation
+        == "relu"
+    )
 
 
 def test_profile_may_not_change_data(raw_params):

@@ -90,12 +90,15 @@ def run_stage_main(stage: str) -> None:
 
 
 def _print_outcomes(outcomes: dict, seconds: float, profile: str) -> None:
+    from adaptflow.stages import STAGES
+
     table = Table(title=f"adaptflow pipeline ({profile}) in {seconds:.1f} s")
     for col in ("stage", "cached", "key metrics", "model", "run id"):
         table.add_column(col)
     for name, o in outcomes.items():
+        keys = STAGES.get(name).headline or tuple(o["metrics"])[:3]
         metrics = ", ".join(
-            f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in list(o["metrics"].items())[:4]
+            f"{k.split('/', 1)[-1]}={o['metrics'][k]:.4g}" for k in keys if k in o["metrics"]
         )
         model = f"{o['model_name']} v{o['model_version']}" if o.get("model_version") else "-"
         table.add_row(name, "yes" if o["cache_hit"] else "no", metrics, model, o["run_id"][:12])

@@ -367,6 +367,10 @@ def _figures(plots, runs, d: EvalData, pics, curves, cfg, seed: int) -> None:
 
 STAGE = STAGES.register("ae")(
     StageSpec(
-        name="ae", datasets=lambda p: [p.ae.dataset], run=run, registered_model="adaptflow-ae"
+        name="ae",
+        datasets=lambda p: [p.ae.dataset],
+        run=run,
+        registered_model="adaptflow-ae",
+        headline=("ae/test_mse", "ae/pca/test_mse", "ae/claims_holding"),
     )
 )

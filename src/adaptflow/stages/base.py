@@ -31,6 +31,7 @@ class StageSpec:
     run: Callable[[Params, StageContext, dict[str, Prepared]], StageOutcome]
     depends_on: tuple[str, ...] = ()
     registered_model: str | None = None
+    headline: tuple[str, ...] = ()  # metric keys the CLI summary shows
 
 
 @dataclass(frozen=True)

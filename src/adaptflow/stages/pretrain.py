@@ -285,5 +285,6 @@ STAGE = STAGES.register("pretrain")(
         datasets=lambda p: [p.pretrain.dataset],
         run=run,
         registered_model="adaptflow-pretrain",
+        headline=("pretrain/test_acc", "pretrain/claims_holding"),
     )
 )

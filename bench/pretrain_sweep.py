@@ -1,0 +1,63 @@
+"""Benchmark: the pretrain stage's label-fraction sweep (greedy vs random init) on the default
+profile, printed as a table of test accuracy mean ± std over seeds, plus the claim verdicts.
+
+    make bench-pretrain                      # default profile, recomputed (cache ignored)
+    python -m bench.pretrain_sweep --set pretrain.seeds=[0,1,2,3,4]
+
+Runs are logged to MLflow (experiment `adaptflow-bench`) like any stage run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from adaptflow.env import configure_env
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="KEY=VALUE param override"
+    )
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    configure_env(".")
+    logging.basicConfig(level=logging.WARNING)
+
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from adaptflow.config import load_params
+    from adaptflow.stages import StageContext, execute
+    from adaptflow.tracking.store import configure
+    from adaptflow.training import resolve_device
+
+    params = load_params(args.params, ["experiment=adaptflow-bench", *args.overrides])
+    ctx = StageContext(
+        Path("."),
+        configure(".", params.experiment),
+        resolve_device(params.device),
+        progress=True,
+        force=True,
+    )
+    t0 = time.perf_counter()
+    outcome = execute("pretrain", params, ctx)
+    seconds = time.perf_counter() - t0
+
+    import mlflow
+
+    verdict = mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/pretrain/verdict.md")
+    console = Console()
+    console.print(Markdown(verdict))
+    m = outcome.metrics
+    console.print("\n[bold]gain of greedy over random init (test accuracy points):[/]")
+    for f in params.pretrain.label_fractions:
+        console.print(f"  {100 * f:g}% labels: {100 * m[f'pretrain/f{f:g}/gain']:+.2f}")
+    console.print(f"\nwall time {seconds:.0f} s on {ctx.device}; MLflow run {outcome.run_id}")
+
+
+if __name__ == "__main__":
+    main()
