@@ -80,6 +80,8 @@ def pipeline_flow(
 
 
 if __name__ == "__main__":
+    import sys
+
     from adaptflow.cli import app
 
-    app(["run", *__import__("sys").argv[1:]])
+    app(["run", *sys.argv[1:]])

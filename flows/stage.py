@@ -1,4 +1,4 @@
-"""The flow body every stage shares: check inputs, then run the stage (tasks pass paths/ids)."""
+"""The flow every stage shares: check inputs, then run the stage (tasks pass paths and ids)."""
 
 from __future__ import annotations
 
@@ -52,30 +52,6 @@ def run_stage_task(
     return execute(stage, params, ctx).to_dict()
 
 
-def run_stage(
-    stage: str,
-    params_path: str = "params.yaml",
-    overrides: list[str] | None = None,
-    root: str = ".",
-    parent_run_id: str | None = None,
-    force: bool = False,
-    progress: bool = True,
-    upstream_keys: dict[str, str] | None = None,
-) -> dict:
-    overrides = list(overrides or [])
-    check_inputs(stage, params_path, overrides)
-    return run_stage_task(
-        stage,
-        params_path,
-        overrides,
-        root,
-        parent_run_id,
-        force,
-        progress,
-        dict(upstream_keys or {}),
-    )
-
-
 def stage_flow(stage: str):
     """The Prefect flow of one stage (a subflow of the pipeline, or run alone)."""
 
@@ -89,8 +65,17 @@ def stage_flow(stage: str):
         progress: bool = True,
         upstream_keys: dict[str, str] | None = None,
     ) -> dict:
-        return run_stage(
-            stage, params_path, overrides, root, parent_run_id, force, progress, upstream_keys
+        overrides = list(overrides or [])
+        check_inputs(stage, params_path, overrides)
+        return run_stage_task(
+            stage,
+            params_path,
+            overrides,
+            root,
+            parent_run_id,
+            force,
+            progress,
+            dict(upstream_keys or {}),
         )
 
     return _flow

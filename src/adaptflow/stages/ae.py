@@ -372,5 +372,6 @@ STAGE = STAGES.register("ae")(
         run=run,
         registered_model="adaptflow-ae",
         headline=("ae/test_mse", "ae/pca/test_mse", "ae/claims_holding"),
+        selection="epoch with the lowest validation loss (val_fraction of train, early stopping)",
     )
 )

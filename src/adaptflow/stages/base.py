@@ -32,6 +32,7 @@ class StageSpec:
     depends_on: tuple[str, ...] = ()
     registered_model: str | None = None
     headline: tuple[str, ...] = ()  # metric keys the CLI summary shows
+    selection: str = ""  # how models are selected (logged on every run: the protocol matters)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
         "adaptflow.device": str(ctx.device),
         "adaptflow.profile": params.profile,
         "adaptflow.git_commit": runs.git_commit(ctx.root),
+        "adaptflow.selection": spec.selection,
     }
     with runs.run(
         name, tags=tags, parent_run_id=ctx.parent_run_id, experiment_id=ctx.experiment_id

@@ -286,5 +286,6 @@ STAGE = STAGES.register("pretrain")(
         run=run,
         registered_model="adaptflow-pretrain",
         headline=("pretrain/test_acc", "pretrain/claims_holding"),
+        selection="fine-tuning epoch with the lowest validation loss; same for both arms",
     )
 )

@@ -38,7 +38,3 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)  # nested method runs land in the same experiment
     return exp_id
-
-
-def tracking_uri() -> str:
-    return mlflow.get_tracking_uri()
