@@ -133,3 +133,22 @@ def test_seeding_is_reproducible():
     seed_everything(7)
     b = (torch.rand(3), np.random.rand(), math.nan)
     assert torch.equal(a[0], b[0]) and a[1] == b[1]
+
+
+def test_restore_best_false_keeps_the_last_weights():
+    class Worsening(Regressor):
+        def evaluate_batch(self, batch):  # validation only gets worse: best epoch is 1
+            self.calls = getattr(self, "calls", 0) + 1
+            return {"loss": torch.tensor(float(self.calls))}
+
+    def train(restore_best: bool, epochs: int) -> Worsening:
+        torch.manual_seed(0)
+        m = Worsening()
+        t = Trainer(torch.device("cpu"), epochs=epochs, progress=False, restore_best=restore_best)
+        t.fit(m, data(), data(32))
+        return m
+
+    last, best = train(False, 3), train(True, 3)
+    assert torch.equal(last.lin.weight, train(False, 3).lin.weight)  # deterministic
+    assert torch.equal(best.lin.weight, train(False, 1).lin.weight)  # the epoch-1 weights
+    assert not torch.equal(last.lin.weight, best.lin.weight)

@@ -113,9 +113,11 @@ class Trainer:
         progress: bool = True,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
         desc: str = "train",
+        restore_best: bool = True,
     ) -> None:
+        """`restore_best`: end with the weights of the best monitored epoch (else the last)."""
         self.device, self.epochs, self.monitor = device, epochs, monitor
-        self.stopper = EarlyStopping(patience, min_delta)
+        self.patience, self.min_delta, self.restore_best = patience, min_delta, restore_best
         self.amp, self.log_every = amp, log_every
         self.checkpoint_dir, self.progress = checkpoint_dir, progress
         self.on_epoch_end, self.desc = on_epoch_end, desc
@@ -124,6 +126,7 @@ class Trainer:
         self, method: torch.nn.Module, train_loader: Iterable, val_loader: Iterable | None = None
     ) -> History:
         method.to(self.device)
+        self.stopper = EarlyStopping(self.patience, self.min_delta)
         step = StepContext(self.device, self.amp)
         history, best_state = History(), None
         start = time.perf_counter()
@@ -151,7 +154,8 @@ class Trainer:
                 history.epochs.append(metrics)
                 monitored = metrics.get(self.monitor, metrics.get("loss"))
                 if self.stopper.update(monitored, epoch):
-                    best_state = copy.deepcopy(method.state_dict())
+                    if self.restore_best:
+                        best_state = copy.deepcopy(method.state_dict())
                     history.best_epoch = epoch
                     if self.checkpoint_dir:
                         save_checkpoint(Path(self.checkpoint_dir) / "best.pt", method, epoch=epoch)

@@ -78,6 +78,7 @@ def greedy_pretrain(
             amp=getattr(settings, "amp", True),
             progress=progress,
             desc=f"layer {k + 1}/{len(layers)}",
+            restore_best=False,  # no validation set here; the RBM's CD loss is no quality score
             on_epoch_end=(lambda e, m, k=k: on_layer_epoch(k, e, m)) if on_layer_epoch else None,
         )
         history = trainer.fit(
