@@ -64,7 +64,7 @@ bench-pretrain: data ## greedy vs random init over label fractions x seeds (defa
 	$(BIN)/python -m bench.pretrain_sweep $(foreach s,$(SET),--set $(s))
 
 .PHONY: ui
-ui: $(STAMP) ## serve the MLflow UI on http://127.0.0.1:$(PORT)
+ui: $(STAMP) ## serve the MLflow UI on http://127.0.0.1:5000 (PORT=... to change)
 	@mkdir -p mlruns/artifacts
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db \
 		--default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port $(PORT)

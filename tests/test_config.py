@@ -5,8 +5,6 @@ import pytest
 
 from adaptflow.config import ParamsError, build_params, load_params, parse_overrides
 
-from .conftest import REPO
-
 
 def test_repo_params_are_valid_in_every_profile(raw_params):
     assert build_params(raw_params).profile == "default"
@@ -95,28 +93,20 @@ def test_missing_params_file(tmp_path):
         load_params(tmp_path / "nope.yaml")
 
 
+def adaptflow(*args: str, cwd) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "adaptflow.cli", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
 def test_cli_exits_2_and_creates_no_run(project):
     """`adaptflow run --set ae.epochs=-1` names the key, exits 2, and writes no MLflow store."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "adaptflow.cli", "run", "--set", "ae.epochs=-1"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = adaptflow("run", "--set", "ae.epochs=-1", cwd=project)
     assert proc.returncode == 2, proc.stderr
     assert "ae.epochs" in proc.stderr and "-1" in proc.stderr
     assert not (project / "mlruns").exists()
 
 
 def test_cli_params_shows_merged_values(project):
-    proc = subprocess.run(
-        [sys.executable, "-m", "adaptflow.cli", "params", "--set", "profile=smoke"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = adaptflow("params", "--set", "profile=smoke", cwd=project)
     assert proc.returncode == 0, proc.stderr
     assert '"profile": "smoke"' in proc.stdout
-    assert REPO.exists()
