@@ -81,7 +81,7 @@ format: $(STAMP) ## ruff fix + format
 
 .PHONY: clean
 clean: ## remove run outputs and caches (keeps .venv; `make distclean` removes it too)
-	rm -rf mlruns .prefect data/prepared reports .dvc/cache .dvc/tmp .dvc/site-cache .cache \
+	rm -rf mlruns/mlflow.db mlruns/artifacts .prefect data/prepared reports .dvc/cache .dvc/tmp .dvc/site-cache .cache \
 		.pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 

@@ -20,6 +20,16 @@ def test_smoke_profile_overlays_and_cli_wins(raw_params):
     assert build_params(raw_params).ae.epochs == raw_params["ae"]["epochs"]
 
 
+def test_smoke_models_stay_out_of_the_real_registry_names(raw_params):
+    assert build_params(raw_params).model_name("ae") == "adaptflow-ae"
+    assert (
+        build_params(raw_params, {"profile": "smoke"}).model_name("pretrain")
+        == "adaptflow-smoke-pretrain"
+    )
+    with pytest.raises(ParamsError, match="registry_prefix"):
+        build_params(raw_params, {"registry_prefix": "my models"})
+
+
 def test_set_values_are_typed(raw_params):
     p = build_params(
         raw_params, parse_overrides(["ae.lr=1e-2", "ae.hidden=[64, 32]", "ae.patience=null"])

@@ -147,7 +147,7 @@ class AEStageConfig(TrainSettings):
     archs: list[Literal["mlp", "conv"]] = Field(
         default_factory=lambda: ["mlp"], min_length=1, description="encoder/decoder variants to run"
     )
-    register_method: str = Field("ae", description="whose model (first arch) becomes adaptflow-ae")
+    register_method: str = Field("ae", description="whose model (first arch) is registered")
     code_size: int = Field(32, ge=1, le=4096)
     hidden: list[Annotated[int, Field(ge=1, le=16384)]] = Field(default_factory=lambda: [256])
     conv_channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
@@ -226,6 +226,9 @@ class Params(Frozen):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     profile: str = "default"
     experiment: str = Field("adaptflow", min_length=1)
+    registry_prefix: str = Field(
+        "adaptflow", pattern=r"^[A-Za-z0-9_-]+$", description="models register as <prefix>-<stage>"
+    )
     data: DataConfig
     ae: AEStageConfig = Field(default_factory=AEStageConfig)
     pretrain: PretrainStageConfig = Field(default_factory=PretrainStageConfig)
@@ -233,6 +236,9 @@ class Params(Frozen):
 
     def stage(self, name: str) -> Frozen:
         return getattr(self, name)
+
+    def model_name(self, stage: str) -> str:
+        return f"{self.registry_prefix}-{stage}"
 
 
 # ---------------------------------------------------------------- loading

@@ -116,13 +116,13 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project):
     assert 0 <= pre.data.metrics["pretrain/greedy/f1/test_acc_mean"] <= 1
 
     # registered, champion on the first version, loads back and computes
-    for name in ("adaptflow-ae", "adaptflow-pretrain"):
+    for name in ("adaptflow-smoke-ae", "adaptflow-smoke-pretrain"):
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     x = np.load(smoke_project / "data/prepared/mnist.npz")["x_test"][:3]
-    assert mlflow.pytorch.load_model("models:/adaptflow-ae@champion")(
+    assert mlflow.pytorch.load_model("models:/adaptflow-smoke-ae@champion")(
         torch.from_numpy(x)
     ).shape == (3, 1, 28, 28)
-    assert mlflow.pytorch.load_model("models:/adaptflow-pretrain@champion")(
+    assert mlflow.pytorch.load_model("models:/adaptflow-smoke-pretrain@champion")(
         torch.from_numpy(x)
     ).shape == (3, 10)
     metrics_file = json.loads((smoke_project / "reports/metrics.json").read_text())
@@ -137,13 +137,13 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project):
         client.get_run(again["ae"]["run_id"]).data.tags["adaptflow.cached_from"]
         == outcomes["ae"]["run_id"]
     )
-    assert len(client.search_model_versions("name='adaptflow-ae'")) == 1
+    assert len(client.search_model_versions("name='adaptflow-smoke-ae'")) == 1
 
     # a changed ae param re-runs only ae (v2), pretrain stays cached, champion stays on v1
     changed = run_pipeline([*SMOKE, "ae.lr=0.002"])
     assert not changed["ae"]["cache_hit"] and changed["pretrain"]["cache_hit"]
     assert changed["ae"]["model_version"] == "2"
-    assert str(client.get_model_version_by_alias("adaptflow-ae", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("adaptflow-smoke-ae", "champion").version) == "1"
     # --force recomputes even when unchanged
     assert not run_pipeline(SMOKE, force=True, stages=["ae"])["ae"]["cache_hit"]
 

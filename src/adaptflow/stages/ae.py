@@ -253,7 +253,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     results: dict[str, dict[str, float]] = {}
     pics: dict[str, dict] = {}
     curves: dict[str, dict[str, list[float]]] = {}
-    outcome = StageOutcome(model_name="adaptflow-ae")
+    outcome = StageOutcome(model_name=params.model_name("ae"))
     for name in cfg.methods:
         cls = AE_METHODS.get(name)
         options = cls.Config.model_validate(cfg.options.get(name, {}))
@@ -370,7 +370,6 @@ STAGE = STAGES.register("ae")(
         name="ae",
         datasets=lambda p: [p.ae.dataset],
         run=run,
-        registered_model="adaptflow-ae",
         headline=("ae/test_mse", "ae/pca/test_mse", "ae/claims_holding"),
         selection="epoch with the lowest validation loss (val_fraction of train, early stopping)",
     )

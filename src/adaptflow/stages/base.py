@@ -30,7 +30,6 @@ class StageSpec:
     datasets: Callable[[Params], list[str]]
     run: Callable[[Params, StageContext, dict[str, Prepared]], StageOutcome]
     depends_on: tuple[str, ...] = ()
-    registered_model: str | None = None
     headline: tuple[str, ...] = ()  # metric keys the CLI summary shows
     selection: str = ""  # how models are selected (logged on every run: the protocol matters)
 

@@ -152,7 +152,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     n_classes, input_dim = split.num_classes, int(np.prod(x_tr.shape[1:]))
     options = LAYER_METHODS.get(cfg.layer_method).Config.model_validate(cfg.layer_options)
     records, curves, pretrain_seconds = [], {}, []
-    outcome = StageOutcome(model_name="adaptflow-pretrain")
+    outcome = StageOutcome(model_name=params.model_name("pretrain"))
     for seed in cfg.seeds:
         with runs.run(
             f"pretrain/greedy-s{seed}",
@@ -284,7 +284,6 @@ STAGE = STAGES.register("pretrain")(
         name="pretrain",
         datasets=lambda p: [p.pretrain.dataset],
         run=run,
-        registered_model="adaptflow-pretrain",
         headline=("pretrain/test_acc", "pretrain/claims_holding"),
         selection="fine-tuning epoch with the lowest validation loss; same for both arms",
     )
