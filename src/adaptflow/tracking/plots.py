@@ -56,7 +56,7 @@ def image_grid(images: np.ndarray, cols: int = 8, title: str = ""):
 def embeddings(points: dict[str, np.ndarray], labels: np.ndarray, title: str = ""):
     """One 2-D scatter per entry, coloured by class."""
     n = len(points)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.0 * n + 1, 3.4), squeeze=False, layout="constrained")
     for ax, (name, xy) in zip(axes[0], points.items(), strict=True):
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4, vmin=0, vmax=9)
         ax.set_title(name)
