@@ -22,21 +22,18 @@ from adaptflow.losses.reconstruction import bce, mse
 from adaptflow.methods.ae import AE_METHODS
 from adaptflow.methods.ae.base import FitContext
 from adaptflow.models.factory import NetSpec
-from adaptflow.stages.base import STAGES, StageContext, StageOutcome, StageSpec
+from adaptflow.stages.base import (
+    STAGES,
+    StageContext,
+    StageOutcome,
+    StageSpec,
+    claims_table,
+    split_train_val,
+    verdict,
+)
 from adaptflow.training import seed_everything
 
 SHOWN = 10  # images per row in the figures
-
-
-def split_train_val(n: int, val_fraction: float, max_train: int | None, seed: int):
-    """Indices of a seeded train/validation split of n examples, train capped at max_train."""
-    idx = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_fraction)))
-    val, train = idx[:n_val], idx[n_val:]
-    if max_train is not None:
-        train = train[:max_train]
-        val = val[: max(1, int(round(len(train) * val_fraction)))]
-    return train, val
 
 
 def reconstruction_metrics(x_hat: np.ndarray, x: np.ndarray) -> dict[str, float]:
@@ -151,11 +148,9 @@ TABLE_COLUMNS = [
 def comparison(results: dict[str, dict[str, float]], baseline: dict[str, float]):
     import pandas as pd
 
-    rows = {"noisy input": {k: v for k, v in baseline.items()}, **results}
-    df = pd.DataFrame.from_dict(rows, orient="index")
+    df = pd.DataFrame.from_dict({"noisy input": dict(baseline), **results}, orient="index")
     cols = [c for c, _ in TABLE_COLUMNS if c in df.columns]
-    df = df[cols].rename(columns=dict(TABLE_COLUMNS))
-    return df
+    return df[cols].rename(columns=dict(TABLE_COLUMNS))
 
 
 def verdicts(results: dict[str, dict[str, float]], cfg) -> list[tuple[str, str, str]]:
@@ -170,7 +165,7 @@ def verdicts(results: dict[str, dict[str, float]], cfg) -> list[tuple[str, str, 
             (
                 "a non-linear bottleneck beats PCA at the same code size (Q1)",
                 f"MSE ae {ae['test_mse']:.5f} vs pca {pca['test_mse']:.5f}",
-                _v(ok),
+                verdict(ok),
             )
         )
     if ae and dae:
@@ -182,7 +177,7 @@ def verdicts(results: dict[str, dict[str, float]], cfg) -> list[tuple[str, str, 
                     f"the denoising AE reconstructs clean digits from {noise}-corrupted input "
                     "better than the plain AE (Q2)",
                     f"PSNR {dae[k]:.2f} vs {ae[k]:.2f} dB",
-                    _v(ok),
+                    verdict(ok),
                 )
             )
     if sparse:
@@ -192,7 +187,7 @@ def verdicts(results: dict[str, dict[str, float]], cfg) -> list[tuple[str, str, 
             (
                 "the sparse AE activates only a few code units: mean activation near rho (Q2)",
                 f"mean activation {act:.3f}, rho {rho}",
-                _v(ok),
+                verdict(ok),
             )
         )
     if vae:
@@ -201,14 +196,10 @@ def verdicts(results: dict[str, dict[str, float]], cfg) -> list[tuple[str, str, 
             (
                 "the VAE is a generative model: the ELBO bounds log p(x) (IW estimate tighter)",
                 f"-log p(x) {vae['test_nll_iw']:.1f} <= -ELBO {vae['test_neg_elbo']:.1f} nats",
-                _v(ok),
+                verdict(ok),
             )
         )
     return out
-
-
-def _v(ok: bool) -> str:
-    return "holds" if ok else "does not hold"
 
 
 def report(df, claims, cfg, dataset: str) -> str:
@@ -225,11 +216,7 @@ def report(df, claims, cfg, dataset: str) -> str:
         f"Anomaly AUROC: a copy trained without digit {cfg.anomaly_digit}, test images scored by "
         "reconstruction MSE.",
         "",
-        "## The seed's claims",
-        "",
-        "| claim | measured | verdict |",
-        "|---|---|---|",
-        *[f"| {c} | {m} | {v} |" for c, m, v in claims],
+        *claims_table(claims),
     ]
     return "\n".join(lines) + "\n"
 

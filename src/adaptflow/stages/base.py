@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from adaptflow.config import Params
@@ -60,6 +61,34 @@ class StageOutcome:
 
 
 STAGES: Registry[StageSpec] = Registry("stage")
+
+Claim = tuple[str, str, str]  # (the seed's claim, what was measured, verdict)
+
+
+def verdict(ok: bool) -> str:
+    return "holds" if ok else "does not hold"
+
+
+def claims_table(claims: list[Claim], measured: str = "measured") -> list[str]:
+    """Markdown lines of the verdict table every stage's report ends with."""
+    return [
+        "## The seed's claims",
+        "",
+        f"| claim | {measured} | verdict |",
+        "|---|---|---|",
+        *[f"| {c} | {m} | {v} |" for c, m, v in claims],
+    ]
+
+
+def split_train_val(n: int, val_fraction: float, max_train: int | None, seed: int):
+    """Indices of a seeded train/validation split of n examples, train capped at max_train."""
+    idx = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    val, train = idx[:n_val], idx[n_val:]
+    if max_train is not None:
+        train = train[:max_train]
+        val = val[: max(1, int(round(len(train) * val_fraction)))]
+    return train, val
 
 
 def code_version() -> str:

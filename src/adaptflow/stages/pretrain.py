@@ -8,7 +8,6 @@ tests the seed's three claims: better initialisation, small-data efficiency, fas
 
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
@@ -18,8 +17,15 @@ from adaptflow.methods.pretrain import LAYER_METHODS
 from adaptflow.methods.pretrain.classifier import fine_tune
 from adaptflow.methods.pretrain.greedy import greedy_pretrain
 from adaptflow.models.stacked import DeepClassifier, StackedEncoder
-from adaptflow.stages.ae import split_train_val
-from adaptflow.stages.base import STAGES, StageContext, StageOutcome, StageSpec
+from adaptflow.stages.base import (
+    STAGES,
+    StageContext,
+    StageOutcome,
+    StageSpec,
+    claims_table,
+    split_train_val,
+    verdict,
+)
 from adaptflow.training import seed_everything
 
 ARMS = ("greedy", "random")
@@ -77,26 +83,22 @@ def verdicts(agg, cfg) -> list[tuple[str, str, str]]:
         (
             "better initialisation: higher validation accuracy after fine-tuning epoch 1, at every label fraction",
             "; ".join(f"{pct(f)}% labels: {pct(a)} vs {pct(b)}" for f, a, b in init),
-            _v(init_ok),
+            verdict(init_ok),
         ),
         (
             f"small-data efficiency: the gain at {pct(small)}% labels exceeds its seed std and the gain "
             f"at {pct(full)}%",
             "; ".join(f"{pct(f)}%: {100 * v:+.1f} pts" for f, v in gaps.items())
             + f" (std {pct(noise)})",
-            _v(data_ok),
+            verdict(data_ok),
         ),
         (
             f"faster convergence: fewer epochs to {cfg.convergence_level:.0%} of the final accuracy (mean over "
             "fractions)",
             "; ".join(f"{pct(f)}%: {a:.1f} vs {b:.1f}" for f, a, b in conv),
-            _v(conv_ok),
+            verdict(conv_ok),
         ),
     ]
-
-
-def _v(ok: bool) -> str:
-    return "holds" if ok else "does not hold"
 
 
 def report(agg, claims, cfg, dataset: str, n_train: int, pretrain_seconds: float) -> str:
@@ -123,11 +125,7 @@ def report(agg, claims, cfg, dataset: str, n_train: int, pretrain_seconds: float
                 "",
                 *rows,
                 "",
-                "## The seed's claims",
-                "",
-                "| claim | measured (greedy vs random) | verdict |",
-                "|---|---|---|",
-                *[f"| {c} | {m} | {v} |" for c, m, v in claims],
+                *claims_table(claims, "measured (greedy vs random)"),
                 "",
                 "Reference (full 60k MNIST, test error): deep net without pretraining 1.6-1.9 %, SAE-3 1.40 %, "
                 "SDAE-3 1.28 %, DBN 1.2 % (Bengio et al. 2007; Vincent et al. 2010). Ours uses the 5,000-image subset.",
@@ -189,7 +187,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                 seed_everything(seed)  # same random layers/head draw for both arms ...
                 encoder = StackedEncoder(input_dim, cfg.layers, cfg.activation)
                 if arm == "greedy":  # ... then the pretrained layers replace the random ones
-                    encoder.load_state_dict(copy.deepcopy(greedy.encoder.state_dict()))
+                    encoder.load_state_dict(greedy.encoder.state_dict())  # copies
                 net = DeepClassifier(encoder, n_classes)
                 label = f"{arm}-f{fraction:g}-s{seed}"
                 tags = {
@@ -205,7 +203,6 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                     def on_epoch(epoch: int, m: dict[str, float]) -> None:
                         runs.log_metrics({f"pretrain/{k}": v for k, v in m.items()}, step=epoch)
 
-                    t0 = time.perf_counter()
                     model, history = fine_tune(
                         net,
                         x_tr[lab],
@@ -219,7 +216,6 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                         on_epoch,
                         desc=label,
                     )
-                    seconds = time.perf_counter() - t0
                     curve = history.series("val_acc")
                     rec = {
                         "arm": arm,
@@ -229,7 +225,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                         "test_acc": model.accuracy(x_te, y_te, ctx.device),
                         "epoch1_val_acc": curve[0],
                         "epochs_to_level": epochs_to_reach(curve, cfg.convergence_level),
-                        "finetune_seconds": seconds,
+                        "finetune_seconds": history.seconds,
                         "pretrain_seconds": pretrain_seconds[-1] if arm == "greedy" else 0.0,
                     }
                     runs.log_metrics(

@@ -6,6 +6,7 @@ from adaptflow.training.trainer import (
     EarlyStopping,
     History,
     NonFiniteLossError,
+    OneOptimizerMethod,
     StepContext,
     Trainer,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "EarlyStopping",
     "History",
     "NonFiniteLossError",
+    "OneOptimizerMethod",
     "StepContext",
     "Trainer",
     "load_checkpoint",

@@ -1,8 +1,10 @@
 """The one training loop every torch stage uses.
 
-A method is an nn.Module with `configure_optimizers()`, `update(batch, step) -> dict of loss
-tensors` (it calls `step.backward(loss, optimizer)` itself, so two-optimiser methods such as GANs
-fit the same loop) and `evaluate_batch(batch) -> dict of tensors` (per-batch means).
+A method is an nn.Module with `update(batch, step) -> dict of loss tensors` (it calls
+`step.backward(loss, optimizer)` itself, so two-optimiser methods such as GANs fit the same loop)
+and `evaluate_batch(batch) -> dict of tensors` (per-batch means). `fit(..., optimizers=[...])`
+hands the optimisers to the method as `method.optimizers` for the run only (they are not part of
+the model that gets saved). One-optimiser methods subclass `OneOptimizerMethod`.
 Losses are accumulated on the device and synced only every `log_every` steps: no per-step sync.
 """
 
@@ -99,7 +101,31 @@ def _check_finite(values: dict[str, float], where: str) -> None:
         )
 
 
+class OneOptimizerMethod(torch.nn.Module):
+    """A method trained by a single optimiser on `batch_losses(batch)["loss"]`."""
+
+    def batch_losses(self, batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def update(self, batch, step: StepContext) -> dict[str, torch.Tensor]:
+        with step.autocast():
+            losses = self.batch_losses(batch)
+        step.backward(losses["loss"], self.optimizers[0])
+        return losses
+
+    def evaluate_batch(self, batch) -> dict[str, torch.Tensor]:
+        return self.batch_losses(batch)
+
+
 class Trainer:
+    @classmethod
+    def from_settings(cls, settings, device: torch.device, **kwargs) -> Trainer:
+        """A trainer with a stage's TrainSettings (epochs, patience, min_delta, amp, log_every)."""
+        knobs = {
+            k: getattr(settings, k) for k in ("epochs", "patience", "min_delta", "amp", "log_every")
+        }
+        return cls(device, **(knobs | kwargs))
+
     def __init__(
         self,
         device: torch.device,
@@ -123,8 +149,21 @@ class Trainer:
         self.on_epoch_end, self.desc = on_epoch_end, desc
 
     def fit(
-        self, method: torch.nn.Module, train_loader: Iterable, val_loader: Iterable | None = None
+        self,
+        method: torch.nn.Module,
+        train_loader: Iterable,
+        val_loader: Iterable | None = None,
+        optimizers: list[torch.optim.Optimizer] | None = None,
     ) -> History:
+        if optimizers is None:
+            return self._fit(method, train_loader, val_loader)
+        method.optimizers = optimizers
+        try:
+            return self._fit(method, train_loader, val_loader)
+        finally:
+            del method.optimizers
+
+    def _fit(self, method, train_loader: Iterable, val_loader: Iterable | None) -> History:
         method.to(self.device)
         self.stopper = EarlyStopping(self.patience, self.min_delta)
         step = StepContext(self.device, self.amp)

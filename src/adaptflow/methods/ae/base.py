@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from adaptflow.losses.reconstruction import bce_with_logits, mse
 from adaptflow.models.factory import NetSpec, build_decoder, build_encoder
-from adaptflow.training import History, Trainer
+from adaptflow.training import History, OneOptimizerMethod, Trainer
 from adaptflow.training.loaders import array_loader
 
 
@@ -42,7 +42,7 @@ class FitContext:
     desc: str | None = None
 
 
-class TorchAE(torch.nn.Module):
+class TorchAE(OneOptimizerMethod):
     """Encoder -> code -> decoder (logits); x_hat = sigmoid(logits) (images live in [0, 1])."""
 
     Config: type[BaseModel] = Options
@@ -84,14 +84,7 @@ class TorchAE(torch.nn.Module):
         losses["loss"] = losses[getattr(self.options, "loss", "mse")]
         return losses
 
-    def update(self, batch, step) -> dict[str, torch.Tensor]:
-        (x,) = batch
-        with step.autocast():
-            losses = self.training_losses(self.corrupt(x), x)
-        step.backward(losses["loss"], self.optimizers[0])
-        return losses
-
-    def evaluate_batch(self, batch) -> dict[str, torch.Tensor]:
+    def batch_losses(self, batch) -> dict[str, torch.Tensor]:
         (x,) = batch
         return self.training_losses(self.corrupt(x), x)
 
@@ -111,27 +104,20 @@ class TorchAE(torch.nn.Module):
             else:  # conv decoder: one bias per channel
                 bias.copy_(torch.logit(mean.view(bias.numel(), -1).mean(1)))
         s = ctx.settings
-        self.optimizers = self.configure_optimizers(s)
-        trainer = Trainer(
+        trainer = Trainer.from_settings(
+            s,
             ctx.device,
-            epochs=s.epochs,
-            patience=s.patience,
-            min_delta=s.min_delta,
-            amp=s.amp,
-            log_every=s.log_every,
             checkpoint_dir=ctx.checkpoint_dir,
             progress=ctx.progress,
             on_epoch_end=ctx.on_epoch_end,
             desc=ctx.desc or self.name,
         )
-        try:
-            return trainer.fit(
-                self,
-                array_loader(x_train, batch_size=s.batch_size, shuffle=True, seed=ctx.seed),
-                array_loader(x_val, batch_size=s.batch_size * 4, shuffle=False),
-            )
-        finally:
-            del self.optimizers  # not part of the model that gets pickled into MLflow
+        return trainer.fit(
+            self,
+            array_loader(x_train, batch_size=s.batch_size, shuffle=True, seed=ctx.seed),
+            array_loader(x_val, batch_size=s.batch_size * 4, shuffle=False),
+            optimizers=self.configure_optimizers(s),
+        )
 
     # --- numpy helpers used by the stage's evaluation
     @torch.no_grad()

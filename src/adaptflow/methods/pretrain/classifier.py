@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from adaptflow.models.stacked import DeepClassifier
-from adaptflow.training import History, Trainer
+from adaptflow.training import History, OneOptimizerMethod, Trainer
 from adaptflow.training.loaders import array_loader
 
 
-class FineTuner(nn.Module):
+class FineTuner(OneOptimizerMethod):
     def __init__(self, net: DeepClassifier):
         super().__init__()
         self.net = net
@@ -20,22 +19,13 @@ class FineTuner(nn.Module):
     def forward(self, x):
         return self.net(x)
 
-    def _losses(self, batch):
+    def batch_losses(self, batch):
         x, y = batch
         logits = self.net(x)
         return {
             "loss": F.cross_entropy(logits.float(), y),
             "acc": (logits.argmax(1) == y).float().mean(),
         }
-
-    def update(self, batch, step):
-        with step.autocast():
-            losses = self._losses(batch)
-        step.backward(losses["loss"], self.optimizers[0])
-        return losses
-
-    def evaluate_batch(self, batch):
-        return self._losses(batch)
 
     @torch.no_grad()
     def accuracy(self, x: np.ndarray, y: np.ndarray, device) -> float:
@@ -64,25 +54,15 @@ def fine_tune(
 ) -> tuple[FineTuner, History]:
     """End-to-end training with labels; the same optimiser and epochs for every arm."""
     model = FineTuner(net)
-    model.optimizers = [
-        torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    ]
-    trainer = Trainer(
-        device,
-        epochs=settings.epochs,
-        patience=settings.patience,
-        min_delta=settings.min_delta,
-        amp=settings.amp,
-        log_every=settings.log_every,
-        progress=progress,
-        on_epoch_end=on_epoch_end,
-        desc=desc,
-        monitor="val_loss",
+    trainer = Trainer.from_settings(
+        settings, device, progress=progress, on_epoch_end=on_epoch_end, desc=desc
     )
     history = trainer.fit(
         model,
         array_loader(x, y, batch_size=settings.batch_size, shuffle=True, seed=seed),
         array_loader(x_val, y_val, batch_size=1000, shuffle=False),
+        optimizers=[
+            torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        ],
     )
-    del model.optimizers
     return model, history

@@ -61,7 +61,8 @@ def greedy_pretrain(
     encoder = StackedEncoder(input_dim, layers, activation)
     result = GreedyResult(encoder)
     cls = LAYER_METHODS.get(method)
-    h = x.reshape(len(x), -1).astype(np.float32)
+    flat = x.reshape(len(x), -1)
+    h = flat.astype(np.float32)
     dims = [input_dim, *layers]
     for k in range(len(layers)):
         t0 = time.perf_counter()
@@ -70,23 +71,23 @@ def greedy_pretrain(
         # layer 1 reads images in [0, 1]; above it, sigmoid codes are in (0, 1) as well
         bounded = k == 0 or activation == "sigmoid"
         layer = cls(dims[k], dims[k + 1], activation, bounded, options)
-        layer.optimizers = [torch.optim.Adam(layer.parameters(), lr=settings.lr)]
         trainer = Trainer(
             device,
             epochs=settings.epochs,
             patience=None,
-            amp=getattr(settings, "amp", True),
+            amp=settings.amp,
             progress=progress,
             desc=f"layer {k + 1}/{len(layers)}",
             restore_best=False,  # no validation set here; the RBM's CD loss is no quality score
             on_epoch_end=(lambda e, m, k=k: on_layer_epoch(k, e, m)) if on_layer_epoch else None,
         )
         history = trainer.fit(
-            layer, array_loader(h, batch_size=settings.batch_size, shuffle=True, seed=seed + k)
+            layer,
+            array_loader(h, batch_size=settings.batch_size, shuffle=True, seed=seed + k),
+            optimizers=[torch.optim.Adam(layer.parameters(), lr=settings.lr)],
         )
-        del layer.optimizers
         encoder.load_layer(k, *layer.weights())
         result.layer_losses.append(history.series("mse"))
-        h = codes(encoder, x.reshape(len(x), -1), k + 1, device)  # feed layer k+1 the new codes
+        h = codes(encoder, flat, k + 1, device)  # feed layer k+1 the new codes
         result.layer_seconds.append(time.perf_counter() - t0)
     return result

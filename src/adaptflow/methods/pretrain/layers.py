@@ -19,6 +19,7 @@ from adaptflow.losses.sparsity import kl_sparsity
 from adaptflow.models.mlp import ACTIVATIONS
 from adaptflow.models.rbm import RBM
 from adaptflow.registry import Registry
+from adaptflow.training import OneOptimizerMethod
 
 LAYER_METHODS: Registry = Registry("pretrain layer method")
 
@@ -27,15 +28,8 @@ class LayerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _Layer(nn.Module):
-    def update(self, batch, step):
-        (x,) = batch
-        with step.autocast():
-            losses = self.losses(x)
-        step.backward(losses["loss"], self.optimizers[0])
-        return losses
-
-    def evaluate_batch(self, batch):
+class _Layer(OneOptimizerMethod):
+    def batch_losses(self, batch):
         (x,) = batch
         return self.losses(x)
 
