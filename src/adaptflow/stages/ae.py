@@ -282,9 +282,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                     )
                 runs.log_metrics({f"ae/{k}": v for k, v in metrics.items()})
                 if name == cfg.register_method and arch == cfg.archs[0]:
-                    _, outcome.model_version = log_torch_model(
-                        method, d.x_te[:4], outcome.model_name
-                    )
+                    outcome.model_uri = log_torch_model(method, d.x_te[:4])
             results[label] = metrics
 
     baseline = {f"test_psnr_{k.split()[0]}": psnr(v, d.x_te) for k, v in d.noisy.items()}

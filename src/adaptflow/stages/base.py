@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Gate:
+    """How a stage's registered model earns `champion`: `metric` (a key of the outcome's metrics,
+    measured on the registered model itself, never on test data) and its direction."""
+
+    metric: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
 class StageSpec:
     name: str
     datasets: Callable[[Params], list[str]]
@@ -33,6 +42,7 @@ class StageSpec:
     depends_on: tuple[str, ...] = ()
     headline: tuple[str, ...] = ()  # metric keys the CLI summary shows
     selection: str = ""  # how models are selected (logged on every run: the protocol matters)
+    gate: Gate | None = None  # None: the stage registers no model
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,10 @@ class StageOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     model_name: str | None = None
     model_version: str | None = None
+    # set by the stage's run(): the logged (not yet registered) model and what the gate compares.
+    # execute() registers it only after run() finished all its work.
+    model_uri: str | None = None
+    gate_context: dict[str, str] = field(default_factory=dict)  # digest, input shape, split
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -165,6 +179,10 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
             )
         outcome = spec.run(params, ctx, data)
         outcome.stage, outcome.run_id, outcome.cache_key = name, active.info.run_id, key
+        if outcome.model_uri and outcome.model_name:  # interim: registered, gated later
+            from adaptflow.tracking.models import register
+
+            outcome.model_version = register(outcome.model_uri, outcome.model_name)
         if outcome.model_version:  # on the stage run too, so a cache hit can report the model
             runs.set_model_tags(outcome.model_name, outcome.model_version)
         return outcome

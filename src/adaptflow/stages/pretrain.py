@@ -240,9 +240,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                         and fraction == cfg.label_fractions[-1]
                         and seed == cfg.seeds[0]
                     ):
-                        _, outcome.model_version = log_torch_model(
-                            model.net, x_te[:4], outcome.model_name
-                        )
+                        outcome.model_uri = log_torch_model(model.net, x_te[:4])
                 records.append(rec)
                 curves.setdefault((fraction, arm), []).append(curve)
 

@@ -24,14 +24,13 @@ def pip_requirements() -> list[str]:
     return [f"{p}=={md.version(p)}" for p in RUNTIME_PACKAGES]
 
 
-def log_torch_model(
-    model: torch.nn.Module, x_example: np.ndarray, registered_name: str | None
-) -> tuple[str, str | None]:
+def log_torch_model(model: torch.nn.Module, x_example: np.ndarray) -> str:
     """Log a torch module (pickle format + the adaptflow source as code_paths) and its state_dict.
 
     pickle, not pt2: pt2 loads back as a traced GraphModule, losing encode()/decode methods that
     later stages use. The state_dict beside it can be read with torch.load(weights_only=True).
-    Returns (model_uri, registered version or None).
+    Nothing is registered here: the stage's execute() registers the model once the whole stage
+    has finished (a failed stage leaves no version behind). Returns the model URI.
     """
     model = model.cpu().eval()
     with torch.no_grad():
@@ -40,21 +39,25 @@ def log_torch_model(
     level = pickle_warning.level
     pickle_warning.setLevel(logging.ERROR)
     try:
-        info = _log(model, x_example, y_example, registered_name)
+        info = _log(model, x_example, y_example)
     finally:
         pickle_warning.setLevel(level)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "state_dict.pt"
         torch.save(model.state_dict(), path)
         mlflow.log_artifact(str(path), "checkpoint")
-    version = str(info.registered_model_version) if registered_name else None
     mlflow.set_tag("adaptflow.model_uri", info.model_uri)
-    if registered_name:
-        set_model_tags(registered_name, version)
-    return info.model_uri, version
+    return info.model_uri
 
 
-def _log(model, x_example, y_example, registered_name):
+def register(model_uri: str, name: str) -> str:
+    """Register a logged model under `name`; returns the new version."""
+    mv = mlflow.register_model(model_uri, name, await_registration_for=0)
+    set_model_tags(name, str(mv.version))
+    return str(mv.version)
+
+
+def _log(model, x_example, y_example):
     import adaptflow
 
     return mlflow.pytorch.log_model(
@@ -64,8 +67,6 @@ def _log(model, x_example, y_example, registered_name):
         pip_requirements=pip_requirements(),
         code_paths=[str(Path(adaptflow.__file__).parent)],
         signature=infer_signature(x_example, y_example),
-        registered_model_name=registered_name,
-        await_registration_for=0,
     )
 
 

@@ -1,0 +1,88 @@
+"""Deciding a claim over seeds: a paired comparison against a baseline that can fail.
+
+Every claim in adaptflow is "method beats baseline on metric M". Per seed we measure both under
+the same budget and take the paired difference d_s (oriented so that positive = the claim's
+direction). The rule:
+
+- fewer than 2 seeds                         -> "not enough seeds" (never "holds")
+- mean(d) - margin > 2 * SE(d)               -> "holds"
+- mean(d) + margin < -2 * SE(d)              -> "does not hold" (the baseline is better)
+- otherwise                                  -> "within noise" (no difference shown)
+
+SE(d) = std(d, ddof=1) / sqrt(n). Two standard errors is about a 95 % one-sided band for n >= 5
+and conservative-ish for 3 seeds; it is a reporting rule, stated beside every verdict, not a
+significance test. `margin` (>= 0) asks for a gain larger than a practical minimum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+HOLDS = "holds"
+FAILS = "does not hold"
+NOISE = "within noise"
+FEW_SEEDS = "not enough seeds"
+VERDICTS = (HOLDS, FAILS, NOISE, FEW_SEEDS)
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    verdict: str
+    mean_diff: float  # mean over seeds of (method - baseline), oriented: positive supports
+    se: float  # standard error of that mean (nan with one seed)
+    n: int
+
+    def describe(self, unit: str = "", scale: float = 1.0, digits: int = 2) -> str:
+        """'+3.10 ± 0.40 pts (2 SE, 3 seeds)' style text for a verdict table."""
+        u = f" {unit}" if unit else ""
+        if self.n < 2:
+            return f"{scale * self.mean_diff:+.{digits}f}{u} (1 seed)"
+        return (
+            f"{scale * self.mean_diff:+.{digits}f} ± {2 * scale * self.se:.{digits}f}{u} "
+            f"(2 SE, {self.n} seeds)"
+        )
+
+
+def paired_verdict(
+    method: Sequence[float],
+    baseline: Sequence[float],
+    higher_is_better: bool = True,
+    margin: float = 0.0,
+) -> PairedResult:
+    """Verdict on "method beats baseline", from per-seed values paired by position."""
+    a = np.asarray(method, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values need equal 1-d shapes, got {a.shape} and {b.shape}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    d = (a - b) if higher_is_better else (b - a)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n < 2:
+        return PairedResult(FEW_SEEDS, float(d.mean()) if n else math.nan, math.nan, n)
+    mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
+    if mean - margin > 2 * se:
+        verdict = HOLDS
+    elif mean + margin < -2 * se:
+        verdict = FAILS
+    else:
+        verdict = NOISE
+    return PairedResult(verdict, mean, se, n)
+
+
+def all_of(verdicts: Sequence[str]) -> str:
+    """One verdict for a claim made of several comparisons (e.g. every noise level)."""
+    if not verdicts:
+        return FEW_SEEDS
+    if any(v == FEW_SEEDS for v in verdicts):
+        return FEW_SEEDS
+    if all(v == HOLDS for v in verdicts):
+        return HOLDS
+    if any(v == FAILS for v in verdicts):
+        return FAILS
+    return NOISE
