@@ -1,0 +1,74 @@
+"""The local MLflow store: artifact links are relative to the project root, so a moved checkout
+still reads its artifacts and registered models."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from adaptflow.tracking.models import log_torch_model
+from adaptflow.tracking.store import StoreError, configure
+
+
+@pytest.fixture(autouse=True)
+def _no_user_store(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after the test
+
+
+def test_moved_checkout_reads_artifacts_and_models(tmp_path, monkeypatch):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    monkeypatch.chdir(old)
+    exp_id = configure(".", "moving")
+    assert mlflow.get_experiment(exp_id).artifact_location == f"mlruns/artifacts/{exp_id}"
+    net = torch.nn.Linear(3, 2)
+    with mlflow.start_run() as run:
+        mlflow.log_text("hello", "notes/hi.txt")
+        model_uri = log_torch_model(net, np.zeros((2, 3), np.float32))
+    version = mlflow.register_model(model_uri, "lin").version
+    assert mlflow.get_run(run.info.run_id).info.artifact_uri.startswith("mlruns/artifacts/")
+    assert str(old) not in mlflow.get_run(run.info.run_id).info.artifact_uri
+
+    shutil.move(old, new)
+    monkeypatch.chdir(new)
+    assert configure(".", "moving") == exp_id
+    assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/notes/hi.txt") == "hello"
+    loaded = mlflow.pytorch.load_model(f"models:/lin/{version}")
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_store_of_an_older_version_gets_relative_links(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exp_id = configure(".", "legacy")
+    with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as con:  # what the old code stored
+        con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+            ((tmp_path / "mlruns" / "artifacts").as_uri(), int(exp_id)),
+        )
+    con.close()
+    configure(".", "legacy")
+    assert mlflow.get_experiment(exp_id).artifact_location == f"mlruns/artifacts/{exp_id}"
+
+
+def test_local_store_only_from_the_project_root(tmp_path, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(StoreError, match="cd "):
+        configure(tmp_path, "x")
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_user_tracking_uri_is_left_alone(tmp_path, monkeypatch):
+    """A user's store keeps its own artifact root: only the store we own is rewritten."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'theirs.db'}")
+    exp_id = configure(tmp_path / "project-root-unused", "theirs")
+    assert mlflow.get_tracking_uri().endswith("theirs.db")
+    assert mlflow.get_experiment(exp_id).artifact_location != f"mlruns/artifacts/{exp_id}"
+    assert not (tmp_path / "mlruns").exists()
