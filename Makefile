@@ -25,6 +25,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: PROFILE=default|smoke  SET='ae.epochs=3 ae.lr=0.01'  PORT=5000"
+	@echo "  environment: MLFLOW_TRACKING_URI=http://host:port sends runs to a server instead of mlruns/"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +46,7 @@ pipeline: data ## run the pipeline (PROFILE=smoke for the ~1 min version; SET='k
 	$(BIN)/adaptflow run --set profile=$(PROFILE) $(foreach s,$(SET),--set $(s)) $(if $(CI),--no-progress,)
 
 .PHONY: repro
-repro: $(STAMP) ## dvc repro: prepare + the pipeline stage (writes reports/metrics.json)
+repro: $(STAMP) ## dvc repro: prepare + the pipeline stage (writes reports/metrics-<profile>.json)
 	$(BIN)/dvc repro
 
 .PHONY: test
@@ -64,10 +65,19 @@ bench-pretrain: data ## greedy vs random init over label fractions x seeds (defa
 	$(BIN)/python -m bench.pretrain_sweep $(foreach s,$(SET),--set $(s))
 
 .PHONY: ui
-ui: $(STAMP) ## serve the MLflow UI on http://127.0.0.1:5000 (PORT=... to change)
-	@mkdir -p mlruns/artifacts
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db \
-		--default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port $(PORT)
+ui: $(STAMP) ## MLflow UI on http://127.0.0.1:PORT for mlruns/ (or for MLFLOW_TRACKING_URI's store)
+	@uri="$${MLFLOW_TRACKING_URI:-}"; \
+	case "$$uri" in \
+	  "") mkdir -p mlruns/artifacts; \
+	      echo "serving the local store mlruns/ on http://127.0.0.1:$(PORT)"; \
+	      exec $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db \
+	        --default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port $(PORT) ;; \
+	  http://*|https://*|databricks*) \
+	      echo "MLFLOW_TRACKING_URI=$$uri is a tracking server: open it in your browser" \
+	        "(runs go there, not to mlruns/); nothing to serve here" ;; \
+	  *)  echo "serving MLFLOW_TRACKING_URI=$$uri on http://127.0.0.1:$(PORT) (not mlruns/)"; \
+	      exec $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT) ;; \
+	esac
 
 .PHONY: lint
 lint: $(STAMP) ## ruff check + format check
@@ -80,11 +90,20 @@ format: $(STAMP) ## ruff fix + format
 	$(BIN)/ruff format src flows tests bench
 
 .PHONY: clean
-clean: ## remove run outputs and caches (keeps .venv; `make distclean` removes it too)
-	rm -rf mlruns/mlflow.db mlruns/artifacts .prefect data/prepared reports .dvc/cache .dvc/tmp .dvc/site-cache .cache \
-		.pytest_cache .ruff_cache
+clean: ## remove caches and rebuildable outputs; keeps mlruns/ (runs, registry), the versioned metrics and .venv
+	rm -rf .prefect data/prepared .dvc/cache .dvc/tmp .dvc/site-cache .cache .pytest_cache .ruff_cache
+	@# reports/metrics-default.json is versioned in git (dvc metrics diff): the rest is rebuilt
+	@if [ -d reports ]; then find reports -mindepth 1 -not -name metrics-default.json -delete; fi
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 
+.PHONY: clean-runs
+clean-runs: ## DELETE the experiment history and model registry (mlruns/mlflow.db, mlruns/artifacts)
+	@for p in mlruns/mlflow.db mlruns/artifacts; do \
+	  if [ -e "$$p" ]; then echo "removing $$p ($$(du -sh "$$p" | cut -f1))"; rm -rf "$$p"; \
+	  else echo "$$p: absent"; fi; \
+	done
+	@echo "every MLflow run, logged model and registered version of mlruns/ is gone"
+
 .PHONY: distclean
-distclean: clean ## clean + remove .venv
+distclean: clean ## clean + remove .venv (keeps mlruns/: `make clean-runs` removes it)
 	rm -rf $(VENV)
