@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import pytest
 
 from adaptflow.config import ParamsError, build_params, load_params, parse_overrides
@@ -66,6 +63,8 @@ def test_set_values_are_typed(raw_params):
         ),
         ("pretrain.seeds=[0, 0]", "pretrain.seeds", "listed twice"),
         ("pretrain.layer_options={q: 1}", "pretrain.layer_options.q", "unknown key"),
+        ("ae.dataset=mnist1d", "ae.dataset", "sequence source (kind mnist1d), ae needs images"),
+        ("pretrain.dataset=mnist1d", "pretrain.dataset", "image sources: mnist, digits, syndigits"),
     ],
 )
 def test_bad_params_name_key_value_and_allowed(raw_params, override, path, hint):
@@ -101,22 +100,3 @@ def test_malformed_set(item):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
-
-
-def adaptflow(*args: str, cwd) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "adaptflow.cli", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
-def test_cli_exits_2_and_creates_no_run(project):
-    """`adaptflow run --set ae.epochs=-1` names the key, exits 2, and writes no MLflow store."""
-    proc = adaptflow("run", "--set", "ae.epochs=-1", cwd=project)
-    assert proc.returncode == 2, proc.stderr
-    assert "ae.epochs" in proc.stderr and "-1" in proc.stderr
-    assert not (project / "mlruns").exists()
-
-
-def test_cli_params_shows_merged_values(project):
-    proc = adaptflow("params", "--set", "profile=smoke", cwd=project)
-    assert proc.returncode == 0, proc.stderr
-    assert '"profile": "smoke"' in proc.stdout

@@ -34,6 +34,21 @@ def _validated(params_path: Path, overrides: list[str] | None):
         raise typer.Exit(2) from None
 
 
+def _validated_against_data(params, stages: list[str]) -> None:
+    """Params the prepared data cannot satisfy exit 2 too, before any run; no data exits 1."""
+    from adaptflow.data import DataError
+    from adaptflow.stages.validate import check_against_data
+
+    try:
+        check_against_data(params, stages)
+    except ParamsError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+    except DataError as e:
+        err.print(f"[bold red]data error:[/] {e}")
+        raise typer.Exit(1) from None
+
+
 def _setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO,
@@ -62,11 +77,12 @@ def run(
             f"[bold red]error:[/] unknown stage {stage!r}; valid: {', '.join(STAGES.names())}"
         )
         raise typer.Exit(2)
+    from adaptflow.data import DataError
+
+    _validated_against_data(params, [stage] if stage else STAGES.names())
     configure_env(".")
     _setup_logging()
     from flows.pipeline import pipeline_flow
-
-    from adaptflow.data import DataError
 
     t0 = time.perf_counter()
     try:

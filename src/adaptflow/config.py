@@ -331,12 +331,22 @@ def build_params(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -
 
 
 def _check_cross_refs(p: Params) -> None:
-    for stage in ("ae", "pretrain"):
+    # kinds whose examples are (C, L) sequences: an image stage fails on them at its first layer.
+    # What needs the prepared data (classes, image side, size) is in stages/validate.py.
+    sequence_kinds = {"mnist1d"}
+    images = [n for n, s in p.data.sources.items() if s.kind not in sequence_kinds]
+    for stage in ("ae", "pretrain"):  # the image stages
         dataset = getattr(p, stage).dataset
         if dataset not in p.data.sources:
             raise ParamsError(
                 f"invalid params:\n  {stage}.dataset = {dataset!r}: not a data source; "
                 f"valid: {', '.join(p.data.sources)}"
+            )
+        if p.data.sources[dataset].kind in sequence_kinds:
+            raise ParamsError(
+                f"invalid params:\n  {stage}.dataset = {dataset!r}: a sequence source (kind "
+                f"{p.data.sources[dataset].kind}), {stage} needs images; "
+                f"image sources: {', '.join(images) or 'none configured'}"
             )
     _check_pretrain(p.pretrain)
     if p.ae.register_method not in p.ae.methods or p.ae.register_method == "pca":

@@ -1,0 +1,84 @@
+"""Params checked against the prepared data, before any run is created.
+
+What params alone decide is checked in `adaptflow.config`; what needs the data (its shape, its
+classes, its size) is checked here, from the small JSON manifests `prepare` writes beside each
+dataset (no array is loaded). A failure raises `ParamsError` naming the key, the bad value and
+the fix; the CLI exits 2 and no MLflow run exists. A missing manifest is a `DataError`
+("run make data"), as when a stage loads its data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from adaptflow.config import Params, ParamsError
+from adaptflow.data.prepare import read_manifest
+
+
+def _error(line: str) -> ParamsError:
+    return ParamsError(f"invalid params:\n  {line}")
+
+
+def _manifest(params: Params, dataset: str) -> dict:
+    return read_manifest(params.data.prepared_dir, dataset)[1]
+
+
+def _image_shape(stage: str, dataset: str, manifest: dict) -> tuple[int, int, int]:
+    shape = manifest["shapes"]["x_train"]
+    if len(shape) != 4:
+        raise _error(
+            f"{stage}.dataset = {dataset!r}: its examples have shape {tuple(shape[1:])} "
+            f"(sequences), {stage} needs images (C, H, W); pick an image source"
+        )
+    return tuple(shape[1:])
+
+
+def _training_examples(n_train: int, val_fraction: float, max_train: int | None) -> int:
+    """How many examples a stage trains on: the split of `stages.base.split_train_val`."""
+    from adaptflow.stages.base import split_train_val
+
+    return len(split_train_val(n_train, val_fraction, max_train, seed=0)[0])
+
+
+def _check_ae(params: Params) -> None:
+    cfg = params.ae
+    manifest = _manifest(params, cfg.dataset)
+    c, h, w = _image_shape("ae", cfg.dataset, manifest)
+    n_classes = manifest["num_classes"]
+    if cfg.anomaly_digit is not None and cfg.anomaly_digit >= n_classes:
+        raise _error(
+            f"ae.anomaly_digit = {cfg.anomaly_digit}: {cfg.dataset!r} has {n_classes} classes "
+            f"(0..{n_classes - 1}); pick one of them, or null to skip the anomaly test"
+        )
+    if "pca" in cfg.methods:
+        features = c * h * w
+        n = _training_examples(manifest["shapes"]["x_train"][0], cfg.val_fraction, cfg.max_train)
+        if cfg.code_size > min(features, n):
+            raise _error(
+                f"ae.code_size = {cfg.code_size}: PCA (in ae.methods) has at most "
+                f"min(features C*H*W = {features}, training examples = {n}) components; "
+                f"lower ae.code_size to <= {min(features, n)}, raise ae.max_train, or drop pca"
+            )
+    blocks = len(cfg.conv_channels)
+    if "conv" in cfg.archs and (h % 2**blocks or w % 2**blocks):
+        raise _error(
+            f"ae.conv_channels = {list(cfg.conv_channels)}: {blocks} stride-2 blocks need the "
+            f"image side of {cfg.dataset!r} ({h}x{w}) divisible by {2**blocks}; "
+            "use fewer conv_channels or ae.archs without conv"
+        )
+
+
+def _check_pretrain(params: Params) -> None:
+    cfg = params.pretrain
+    _image_shape("pretrain", cfg.dataset, _manifest(params, cfg.dataset))
+
+
+CHECKS: dict[str, Callable[[Params], None]] = {"ae": _check_ae, "pretrain": _check_pretrain}
+
+
+def check_against_data(params: Params, stages: list[str]) -> None:
+    """Raise ParamsError for the first param of `stages` the prepared data cannot satisfy."""
+    for stage in stages:
+        check = CHECKS.get(stage)
+        if check is not None:
+            check(params)

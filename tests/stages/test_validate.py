@@ -1,0 +1,91 @@
+"""Params the prepared data cannot satisfy are rejected from the manifests, before any run."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from adaptflow.config import ParamsError, build_params, parse_overrides
+from adaptflow.data import DataError, prepare_all
+from adaptflow.stages.validate import check_against_data
+
+from ..conftest import REPO
+
+STAGES = ["ae", "pretrain"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """mnist (4,000 train images, 28x28, 10 classes) and a small mnist1d, prepared once."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    out = tmp_path_factory.mktemp("prepared")
+    params = build_params(
+        raw, {"data.prepared_dir": str(out), "data.sources.mnist1d.num_samples": 200}
+    )
+    prepare_all(params, ["mnist", "mnist1d"], log=lambda m: None)
+    return out
+
+
+def params(raw_params, prepared, *overrides):
+    return build_params(raw_params, parse_overrides([f"data.prepared_dir={prepared}", *overrides]))
+
+
+def rejected(p, stages=STAGES) -> str:
+    with pytest.raises(ParamsError) as err:
+        check_against_data(p, stages)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("profile", ["default", "smoke"])
+def test_repo_params_pass(raw_params, prepared, profile):
+    check_against_data(params(raw_params, prepared, f"profile={profile}"), STAGES)
+
+
+def test_anomaly_digit_must_be_a_class_of_the_dataset(raw_params, prepared):
+    check_against_data(params(raw_params, prepared, "ae.anomaly_digit=9"), STAGES)
+    check_against_data(params(raw_params, prepared, "ae.anomaly_digit=null"), STAGES)
+    msg = rejected(params(raw_params, prepared, "ae.anomaly_digit=10"))
+    assert "ae.anomaly_digit = 10" in msg and "10 classes (0..9)" in msg and "null" in msg
+
+
+def test_pca_code_size_bounded_by_features_and_training_examples(raw_params, prepared):
+    # 28x28 = 784 features; 4,000 train images - 10 % validation = 3,600 training examples
+    check_against_data(params(raw_params, prepared, "ae.code_size=784"), STAGES)
+    msg = rejected(params(raw_params, prepared, "ae.code_size=785"))
+    assert "ae.code_size = 785" in msg and "C*H*W = 784" in msg and "<= 784" in msg
+    # max_train caps the training examples below the feature count
+    check_against_data(params(raw_params, prepared, "ae.code_size=50", "ae.max_train=50"), STAGES)
+    msg = rejected(params(raw_params, prepared, "ae.code_size=51", "ae.max_train=50"))
+    assert "training examples = 50" in msg and "<= 50" in msg
+    # without PCA a wide code is allowed (an overcomplete AE is a legitimate model)
+    check_against_data(
+        params(raw_params, prepared, "ae.code_size=785", "ae.methods=[ae, sparse]"), STAGES
+    )
+
+
+def test_conv_blocks_must_divide_the_image_side(raw_params, prepared):
+    conv = ["ae.archs=[mlp, conv]"]
+    check_against_data(params(raw_params, prepared, *conv, "ae.conv_channels=[8, 16]"), STAGES)
+    msg = rejected(params(raw_params, prepared, *conv, "ae.conv_channels=[8, 16, 32]"))
+    assert "ae.conv_channels = [8, 16, 32]" in msg and "28x28" in msg and "divisible by 8" in msg
+    check_against_data(params(raw_params, prepared, "ae.conv_channels=[8, 16, 32]"), STAGES)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sequence_data_given_to_an_image_stage(raw_params, prepared, stage):
+    """The data-level guard for sources whose kind does not tell (config.py rejects mnist1d)."""
+    p = params(raw_params, prepared)
+    bypass = p.model_copy(update={stage: p.stage(stage).model_copy(update={"dataset": "mnist1d"})})
+    msg = rejected(bypass, [stage])
+    assert f"{stage}.dataset = 'mnist1d'" in msg and "(1, 40)" in msg and "images" in msg
+
+
+def test_only_the_stages_run_are_checked(raw_params, prepared):
+    p = params(raw_params, prepared, "ae.anomaly_digit=10")
+    check_against_data(p, ["pretrain"])
+    assert "ae.anomaly_digit" in rejected(p, ["ae"])
+
+
+def test_missing_prepared_data_is_a_data_error(raw_params, tmp_path):
+    with pytest.raises(DataError, match="make data"):
+        check_against_data(params(raw_params, tmp_path / "nothing"), ["ae"])
