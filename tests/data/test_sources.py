@@ -99,22 +99,41 @@ def test_npz_source(tmp_path):
         load(NpzSource(kind="npz", path=tmp_path / "none.npz"))
 
 
+def labelled_rows(split) -> set[tuple]:
+    """Every example of train+test as (pixel values 0..255, label): the split lost nothing,
+    duplicated nothing and kept each label with its own image."""
+    x = np.concatenate([split.x_train, split.x_test]).reshape(-1, 64)
+    y = np.concatenate([split.y_train, split.y_test])
+    rows = {(*np.rint(r * 255).astype(int).tolist(), int(c)) for r, c in zip(x, y, strict=True)}
+    assert len(rows) == len(x)
+    return rows
+
+
+def expected_rows(x, y) -> set[tuple]:
+    return {(*r.astype(int).tolist(), int(c)) for r, c in zip(x, y, strict=True)}
+
+
 def test_mat_v5_features_by_samples_and_one_based_labels(tmp_path):
     x, y = _toy()
     scipy.io.savemat(tmp_path / "d.mat", {"fts": x.T, "labels": (y + 1).reshape(-1, 1)})
     s = load(MatSource(kind="mat", path=tmp_path / "d.mat"))
-    check_images(s, 8, n_classes=3)  # 1-based labels shifted to 0..2
+    check_images(s, 8, n_classes=3)
+    # transposed back to samples x features, 1-based labels shifted to 0..2, pixels / 255
+    assert labelled_rows(s) == expected_rows(x, y)
 
 
 def test_mat_v73_via_h5py(tmp_path):
-    x, y = _toy(classes=2)
+    x_s, y_s = _toy(classes=2, seed=0)
+    x_t, _ = _toy(classes=2, seed=1)  # another draw: no target row equals a source row
+    y_t = (np.arange(len(x_t)) + 1) % 2  # and other labels: a mixed-up key would show
     with h5py.File(tmp_path / "d.mat", "w") as f:  # a v7.3 file is HDF5; scipy refuses it
-        f["Xs"], f["Ys"] = x, (y + 1).reshape(1, -1).astype(np.float64)
-        f["Xt"], f["Yt"] = x[::-1], (y + 1).reshape(1, -1).astype(np.float64)
+        f["Xs"], f["Ys"] = x_s, (y_s + 1).reshape(1, -1).astype(np.float64)
+        f["Xt"], f["Yt"] = x_t, (y_t + 1).reshape(1, -1).astype(np.float64)
     s = load(MatSource(kind="mat", path=tmp_path / "d.mat"))
     t = load(MatSource(kind="mat", path=tmp_path / "d.mat", side="target"))
     check_images(s, 8, n_classes=2)
-    assert not np.array_equal(np.sort(s.x_train.ravel()), np.sort(t.x_train.ravel())[::-1])
+    assert labelled_rows(s) == expected_rows(x_s, y_s)
+    assert labelled_rows(t) == expected_rows(x_t, y_t)
 
 
 def test_mat_corrupt_file(tmp_path):

@@ -119,12 +119,31 @@ def test_weights_only_refuses_pickled_code(tmp_path):
         load_checkpoint(tmp_path / "p.pt", Regressor())
 
 
-def test_device_resolution():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="use device: auto"):
-            resolve_device("cuda")
+def fake_accelerators(monkeypatch, cuda: bool, mps: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    fake_accelerators(monkeypatch, cuda, mps)
+    assert resolve_device("auto") == torch.device(expected)
+
+
+def test_explicit_device_is_kept_or_refused_with_a_fix(monkeypatch):
+    fake_accelerators(monkeypatch, cuda=False, mps=False)
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible; use device: auto"):
+        resolve_device("cuda")
+    with pytest.raises(RuntimeError, match="MPS is not available; use device: auto"):
+        resolve_device("mps")
+    fake_accelerators(monkeypatch, cuda=True, mps=True)
+    assert resolve_device("cpu") == torch.device("cpu")  # cpu asked, cpu given
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("mps") == torch.device("mps")
 
 
 def test_seeding_is_reproducible():
