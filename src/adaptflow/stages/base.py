@@ -1,15 +1,24 @@
 """Running one stage: data check, cache lookup, the nested MLflow run, the stage's own work.
 
-Cache key = stage params + input dataset digests (DVC md5) + seed + code version (hash of the
-adaptflow source) + the keys of the stages it depends on. A hit re-uses the finished run: a new
-nested run records `adaptflow.cached_from` and its params/metrics, and no training happens.
+Cache key = everything that changes a stage's results: its params (minus DISPLAY_KNOBS), the
+input dataset digests (DVC md5), seed, device type (a CUDA/AMP result is not a CPU result), the
+versions of the numeric libraries (LIBRARIES), the code version (hash of the adaptflow source),
+`registry_prefix` (the name the model is reported under) and the keys of the stages it depends
+on. A hit re-uses the finished run only if its artifacts, logged model and registered version
+still exist (else it recomputes and says why in `adaptflow.cache_miss_reason`): a new nested run
+records `adaptflow.cached_from` and its params/metrics, and no training happens.
+
+After `run()` returns, the stage's model goes through the registry gate (tracking.models): a
+non-finite gate or headline metric is never registered.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +78,8 @@ class StageOutcome:
     # execute() registers it only after run() finished all its work.
     model_uri: str | None = None
     gate_context: dict[str, str] = field(default_factory=dict)  # digest, input shape, split
+    model_decision: str | None = None  # champion | challenger | not registered (set by execute)
+    model_decision_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -105,11 +116,20 @@ def split_train_val(n: int, val_fraction: float, max_train: int | None, seed: in
     return train, val
 
 
-def code_version() -> str:
-    """Hash of every .py file of the installed adaptflow package (any code change invalidates)."""
-    import adaptflow
+# Params that change no computed number, only what is drawn or printed: kept out of the key.
+# `gate_margin` is one too: it decides nothing but the registry alias, once, when a version is
+# registered (its value is kept in the version's `gate.margin` tag); a cache hit registers
+# nothing, so re-computing a stage only because the margin changed would buy nothing.
+DISPLAY_KNOBS = frozenset({"log_every", "tsne_points", "gate_margin"})
+LIBRARIES = ("torch", "numpy", "scikit-learn", "scipy", "mlflow")  # their versions change results
 
-    pkg = Path(adaptflow.__file__).parent
+
+def code_version(pkg: Path | None = None) -> str:
+    """Hash of every .py file of the adaptflow package (any code change invalidates)."""
+    if pkg is None:
+        import adaptflow
+
+        pkg = Path(adaptflow.__file__).parent
     h = hashlib.sha256()
     for path in sorted(pkg.rglob("*.py")):
         h.update(str(path.relative_to(pkg)).encode())
@@ -117,13 +137,27 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(stage: str, params: Params, digests: dict[str, str], upstream: dict[str, str]) -> str:
+def library_versions() -> dict[str, str]:
+    return {p: md.version(p) for p in LIBRARIES}
+
+
+def cache_key(
+    stage: str,
+    params: Params,
+    digests: dict[str, str],
+    upstream: dict[str, str],
+    device: torch.device | str,
+) -> str:
+    stage_params = params.stage(stage).model_dump(mode="json")
     payload = {
         "stage": stage,
-        "params": params.stage(stage).model_dump(mode="json"),
+        "params": {k: v for k, v in stage_params.items() if k not in DISPLAY_KNOBS},
         "seed": params.seed,
         "data": digests,
+        "device": torch.device(device).type,  # cuda:0 and cuda:1 compute the same
+        "libraries": library_versions(),
         "code": code_version(),
+        "registry_prefix": params.registry_prefix,
         "upstream": upstream,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
@@ -138,8 +172,13 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
 
     spec = STAGES.get(name)
     data = load_inputs(params, spec)
-    key = cache_key(name, params, {k: v.digest for k, v in data.items()}, ctx.upstream_keys)
+    digests = {k: v.digest for k, v in data.items()}
+    key = cache_key(name, params, digests, ctx.upstream_keys, ctx.device)
     cached = None if ctx.force else runs.find_cached(ctx.experiment_id, name, key)
+    miss_reason = None if cached is None else runs.cache_broken(cached)
+    if miss_reason is not None:
+        log.warning("stage %s: cached run unusable, recomputing: %s", name, miss_reason)
+        cached = None
     tags = {
         runs.TAG_STAGE: name,
         runs.TAG_KEY: key,
@@ -150,6 +189,8 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
         "adaptflow.git_commit": runs.git_commit(ctx.root),
         "adaptflow.selection": spec.selection,
     }
+    if miss_reason is not None:
+        tags[runs.TAG_MISS] = miss_reason[:5000]
     with runs.run(
         name, tags=tags, parent_run_id=ctx.parent_run_id, experiment_id=ctx.experiment_id
     ) as active:
@@ -165,6 +206,9 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
                 dict(cached.data.metrics),
                 t.get("adaptflow.model_name"),
                 t.get("adaptflow.model_version"),
+                t.get("adaptflow.model_uri"),
+                model_decision=t.get(runs.TAG_DECISION),
+                model_decision_reason=t.get(runs.TAG_REASON),
             )
         runs.log_params(params.stage(name).model_dump(mode="json"), prefix=name)
         runs.log_params({"seed": params.seed, "device": str(ctx.device), "profile": params.profile})
@@ -179,10 +223,63 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
             )
         outcome = spec.run(params, ctx, data)
         outcome.stage, outcome.run_id, outcome.cache_key = name, active.info.run_id, key
-        if outcome.model_uri and outcome.model_name:  # interim: registered, gated later
-            from adaptflow.tracking.models import register
-
-            outcome.model_version = register(outcome.model_uri, outcome.model_name)
-        if outcome.model_version:  # on the stage run too, so a cache hit can report the model
-            runs.set_model_tags(outcome.model_name, outcome.model_version)
+        _gate(spec, params, outcome)
+        runs.record_artifacts()
         return outcome
+
+
+def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
+    """Register the stage's logged model through the registry gate, once run() has finished.
+
+    A non-finite gate value or headline metric (a diverged run) is never registered. A stage
+    without a gate registers nothing (its logged model stays a plain run artifact).
+    """
+    from adaptflow.tracking import runs
+    from adaptflow.tracking.models import NOT_REGISTERED, register_gated
+
+    if not outcome.model_uri:
+        return
+    if spec.gate is None:
+        log.warning("stage %s logged a model but declares no gate: not registered", spec.name)
+        return
+    metric = spec.gate.metric
+    if "test" in metric.split("/")[-1]:  # selection on test data would leak into every verdict
+        raise ValueError(f"stage {spec.name}: gate metric {metric!r} is a test metric")
+    if metric not in outcome.metrics:
+        raise KeyError(f"stage {spec.name}: gate metric {metric!r} is not among its metrics")
+    outcome.model_name = outcome.model_name or params.model_name(spec.name)
+    bad = {
+        k: outcome.metrics[k]
+        for k in (metric, *spec.headline)
+        if k in outcome.metrics and not math.isfinite(outcome.metrics[k])
+    }
+    if bad:
+        outcome.model_decision = NOT_REGISTERED
+        outcome.model_decision_reason = f"non-finite metrics {bad}"
+        log.warning("stage %s: %s, model not registered", spec.name, outcome.model_decision_reason)
+    else:
+        reg = register_gated(
+            outcome.model_uri,
+            outcome.model_name,
+            metric,
+            float(outcome.metrics[metric]),
+            spec.gate.higher_is_better,
+            float(getattr(params.stage(spec.name), "gate_margin", 0.0)),
+            outcome.gate_context,
+        )
+        outcome.model_version = reg.version
+        outcome.model_decision, outcome.model_decision_reason = reg.decision, reg.reason
+        log.info(
+            "stage %s: %s v%s is %s: %s",
+            spec.name,
+            outcome.model_name,
+            reg.version,
+            reg.decision,
+            reg.reason,
+        )
+    runs.set_model_tags(
+        outcome.model_name,
+        outcome.model_version,
+        outcome.model_decision,
+        outcome.model_decision_reason,
+    )

@@ -1,10 +1,19 @@
-"""Model logging and the registry: every stage registers `adaptflow-<stage>`; `champion` alias."""
+"""Model logging and the gated registry: `<prefix>-<stage>` versions, `champion` earned by a gate.
+
+A new version becomes `champion` only when there is no champion yet, or when it beats the
+champion's gate value by more than the stage's margin, in the gate's direction, on the same
+dataset digest, input shape and validation split (the champion's `gate.*` tags). Otherwise it is
+a `challenger`, and the tags say why. Every decision is written as `gate.*` tags on the version.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import logging
+import math
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -12,12 +21,20 @@ import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.protos.databricks_pb2 import NOT_FOUND, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from adaptflow.tracking.runs import set_model_tags
-
 CHAMPION = "champion"
-RUNTIME_PACKAGES = ("torch", "numpy", "pydantic", "scikit-learn")
+CHALLENGER = "challenger"
+NOT_REGISTERED = "not registered"
+# What loading + predicting a logged adaptflow model imports beyond mlflow itself (mlflow pins its
+# own version in requirements.txt): torch, numpy, pydantic (method configs), rich (the Trainer's
+# progress bars, imported by every method module), scikit-learn (the PCA method and metrics
+# modules). tests/tracking/test_models.py loads models in a fresh process and fails when
+# something they import is neither listed here nor pulled in by what is.
+RUNTIME_PACKAGES = ("torch", "numpy", "pydantic", "rich", "scikit-learn")
+CONTEXT_KEYS = ("dataset_digest", "input_shape", "val_split")  # what must match to compare
+_MISSING = (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(NOT_FOUND))
 
 
 def pip_requirements() -> list[str]:
@@ -50,13 +67,6 @@ def log_torch_model(model: torch.nn.Module, x_example: np.ndarray) -> str:
     return info.model_uri
 
 
-def register(model_uri: str, name: str) -> str:
-    """Register a logged model under `name`; returns the new version."""
-    mv = mlflow.register_model(model_uri, name, await_registration_for=0)
-    set_model_tags(name, str(mv.version))
-    return str(mv.version)
-
-
 def _log(model, x_example, y_example):
     import adaptflow
 
@@ -70,11 +80,173 @@ def _log(model, x_example, y_example):
     )
 
 
-def ensure_champion(name: str, version: str) -> str:
-    """Give `champion` to `version` unless the model has one already (gates come later)."""
-    client = MlflowClient()
+def is_missing(e: MlflowException) -> bool:
+    """True for "this resource does not exist" (404-type) errors only: a permission error, a
+    server that is down or a bad request is NOT "missing" and must propagate."""
+    return e.error_code in _MISSING
+
+
+def champion(name: str, client: MlflowClient | None = None):
+    """The `champion` ModelVersion of `name`, or None when there is none yet.
+
+    mlflow 3.17 (sqlalchemy store, and the REST store relaying the server's error code): a
+    registered model that does not exist raises RESOURCE_DOES_NOT_EXIST, but a missing *alias*
+    raises INVALID_PARAMETER_VALUE, the same code as a malformed name. So the alias is read from
+    the registered model's `aliases` instead of catching errors of get_model_version_by_alias;
+    only "registered model does not exist" means "no champion yet", every other error propagates.
+    """
+    client = client or MlflowClient()
     try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
+        model = client.get_registered_model(name)
+    except MlflowException as e:
+        if is_missing(e):
+            return None
+        raise
+    version = model.aliases.get(CHAMPION)
+    return None if version is None else client.get_model_version(name, str(version))
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    decision: str  # CHAMPION | CHALLENGER
+    reason: str
+    champion_version: str | None = None
+    champion_value: float | None = None
+
+
+def decide(
+    metric: str,
+    value: float,
+    higher_is_better: bool,
+    margin: float,
+    context: Mapping[str, str],
+    current: tuple[str, Mapping[str, str]] | None,
+) -> GateDecision:
+    """The gate: `current` is (version, tags) of the champion, or None when there is none."""
+    if current is None:
+        return GateDecision(CHAMPION, "first gated version: no champion yet")
+    version, tags = current
+    if "gate.value" not in tags:  # registered before the gate existed: it never earned the alias
+        return GateDecision(
+            CHAMPION, f"champion v{version} predates the gate (no gate tags)", version
+        )
+    champ_value = float(tags["gate.value"])
+    if tags.get("gate.metric") != metric:
+        return GateDecision(
+            CHALLENGER,
+            f"not comparable: champion v{version} was gated on {tags.get('gate.metric')!r}, "
+            f"this version on {metric!r}",
+            version,
+            champ_value,
+        )
+    for key in CONTEXT_KEYS:
+        theirs, ours = tags.get(f"gate.{key}"), context.get(key)
+        if theirs != ours:
+            return GateDecision(
+                CHALLENGER,
+                f"not comparable: different {key} (champion v{version}: {theirs}, this: {ours})",
+                version,
+                champ_value,
+            )
+    gain = value - champ_value if higher_is_better else champ_value - value
+    where = f"{metric} {value:.6g} vs champion v{version} {champ_value:.6g}"
+    direction = "higher" if higher_is_better else "lower"
+    if gain > margin:
+        return GateDecision(
+            CHAMPION,
+            f"beats champion: {where} ({direction} is better, margin {margin:g})",
+            version,
+            champ_value,
+        )
+    return GateDecision(
+        CHALLENGER,
+        f"worse or not better by more than the margin {margin:g}: {where} ({direction} is better)",
+        version,
+        champ_value,
+    )
+
+
+@dataclass(frozen=True)
+class Registration:
+    version: str
+    decision: str
+    reason: str
+
+
+def register_gated(
+    model_uri: str,
+    name: str,
+    metric: str,
+    value: float,
+    higher_is_better: bool,
+    margin: float,
+    context: Mapping[str, str],
+) -> Registration:
+    """Register `model_uri` as a new version of `name` and let the gate decide its alias.
+
+    The champion is read BEFORE registering, so a registry error (permissions, server down)
+    leaves no undecided version behind. `gate.decision` is the last tag written: a version
+    without it was interrupted mid-way and holds no decision.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"gate value {metric}={value} is not finite: never registered")
+    missing = [k for k in CONTEXT_KEYS if not context.get(k)]
+    if missing:
+        raise ValueError(f"gate context lacks {missing}: the version could never be compared")
+    client = MlflowClient()
+    current = champion(name, client)
+    gate = decide(
+        metric,
+        value,
+        higher_is_better,
+        margin,
+        context,
+        None if current is None else (str(current.version), current.tags),
+    )
+    mv = mlflow.register_model(model_uri, name, await_registration_for=0)
+    version = str(mv.version)
+    tags = {
+        "gate.metric": metric,
+        "gate.value": repr(float(value)),
+        "gate.direction": "higher" if higher_is_better else "lower",
+        "gate.margin": repr(float(margin)),
+        "gate.champion_version": gate.champion_version or "none",
+        "gate.champion_value": "none" if gate.champion_value is None else repr(gate.champion_value),
+        "gate.reason": gate.reason,
+        **{f"gate.{k}": str(context[k]) for k in CONTEXT_KEYS},
+    }
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    if gate.decision == CHAMPION:
         client.set_registered_model_alias(name, CHAMPION, version)
-        return version
+    client.set_model_version_tag(name, version, "gate.decision", gate.decision)
+    return Registration(version, gate.decision, gate.reason)
+
+
+def model_missing(model_uri: str) -> str | None:
+    """Why the logged model at `model_uri` can no longer be loaded, or None when it is intact."""
+    try:
+        root = model_uri
+        if model_uri.startswith("models:/m-"):  # a logged model: "models:/m-x/data" would be
+            # read as version "data" of a registered model "m-x", so list its real location
+            root = MlflowClient().get_logged_model(model_uri.split("/")[-1]).artifact_location
+        files = {a.path.rsplit("/", 1)[-1] for a in mlflow.artifacts.list_artifacts(root)}
+        weights = mlflow.artifacts.list_artifacts(f"{root}/data") if "data" in files else []
+    except MlflowException as e:
+        if is_missing(e):
+            return f"model {model_uri} is gone ({e.error_code})"
+        raise
+    if "MLmodel" not in files or not weights:
+        return f"model {model_uri} lost its files (MLmodel or data/ missing)"
+    return None
+
+
+def version_missing(name: str, version: str) -> str | None:
+    """Why registered version `name` v`version` is gone, or None when it still exists."""
+    try:
+        MlflowClient().get_model_version(name, version)
+    except MlflowException as e:
+        if is_missing(e):
+            return f"registered version {name} v{version} was deleted"
+        raise
+    return None

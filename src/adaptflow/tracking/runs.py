@@ -20,6 +20,10 @@ TAG_STAGE = "adaptflow.stage"
 TAG_KEY = "adaptflow.cache_key"
 TAG_HIT = "adaptflow.cache_hit"
 TAG_FROM = "adaptflow.cached_from"
+TAG_MISS = "adaptflow.cache_miss_reason"  # a matching cached run existed but was unusable
+TAG_DECISION = "adaptflow.model_decision"  # the registry gate's decision (or "not registered")
+TAG_REASON = "adaptflow.model_decision_reason"
+MANIFEST = "adaptflow/artifacts.json"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -102,11 +106,12 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 def log_dataset(
     name: str, path: Path, digest: str, x: np.ndarray, y: np.ndarray, context: str
 ) -> None:
-    """The prepared dataset as an MLflow dataset input; digest = the file's DVC md5."""
+    """The whole split (x, y) as an MLflow dataset input: digest = the prepared file's DVC md5,
+    profile = the split's real shapes, schema from its dtype/shape (nothing is copied)."""
     with warnings.catch_warnings():  # mlflow registers two local-file source kinds; both fit
         warnings.simplefilter("ignore", UserWarning)
         ds = mlflow.data.from_numpy(
-            x[:1], source=str(Path(path).resolve()), targets=y[:1], name=name, digest=digest
+            x, source=str(Path(path).resolve()), targets=y, name=name, digest=digest
         )
     mlflow.log_input(ds, context=context)
 
@@ -127,8 +132,48 @@ def log_text_to(run_id: str, text: str, path: str) -> None:
     MlflowClient().log_text(run_id, text, path)
 
 
-def set_model_tags(name: str, version: str) -> None:
-    mlflow.set_tags({"adaptflow.model_name": name, "adaptflow.model_version": version})
+def set_model_tags(name: str, version: str | None, decision: str, reason: str) -> None:
+    """On the stage run, so a cache hit can report the model and the gate's decision."""
+    tags = {"adaptflow.model_name": name, TAG_DECISION: decision, TAG_REASON: reason[:5000]}
+    if version is not None:
+        tags["adaptflow.model_version"] = version
+    mlflow.set_tags(tags)
+
+
+def record_artifacts() -> None:
+    """Write the active run's artifact list (MANIFEST) so a cache hit can check nothing is gone."""
+    client = MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    mlflow.log_text(json.dumps(_artifact_files(client, run_id), indent=0), MANIFEST)
+
+
+def _artifact_files(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for a in client.list_artifacts(run_id, path):
+        out.extend(_artifact_files(client, run_id, a.path) if a.is_dir else [a.path])
+    return sorted(out)
+
+
+def cache_broken(source) -> str | None:
+    """Why the cached run `source` cannot be served any more (None: intact). Checks the artifact
+    manifest written when it was computed, its logged model and its registered version."""
+    from adaptflow.tracking.models import model_missing, version_missing
+
+    client = MlflowClient()
+    run_id = source.info.run_id
+    present = set(_artifact_files(client, run_id))
+    if MANIFEST not in present:
+        return f"run {run_id} has no artifact manifest ({MANIFEST})"
+    listed = json.loads(Path(client.download_artifacts(run_id, MANIFEST)).read_text())
+    lost = [p for p in listed if p not in present]
+    if lost:
+        return f"run {run_id} lost {len(lost)} artifact(s), e.g. {lost[0]}"
+    tags = source.data.tags
+    if tags.get("adaptflow.model_uri") and (why := model_missing(tags["adaptflow.model_uri"])):
+        return why
+    if tags.get("adaptflow.model_version"):
+        return version_missing(tags["adaptflow.model_name"], tags["adaptflow.model_version"])
+    return None
 
 
 def find_cached(experiment_id: str, stage: str, key: str) -> Any | None:

@@ -1,0 +1,142 @@
+"""The registry gate: champion earned on the same data/shape/split, decisions as tags, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
+from mlflow.tracking import MlflowClient
+
+from adaptflow.config import load_params
+from adaptflow.stages.base import execute
+from adaptflow.tracking import models
+from adaptflow.tracking.models import CHALLENGER, CHAMPION, decide
+from adaptflow.tracking.store import configure
+from tests.tracking.toy import CONTEXT, METRIC, context, toy_stage
+
+NAME = "adaptflow-ae"
+
+
+def champ(value: float, **overrides) -> tuple[str, dict]:
+    tags = {"gate.metric": METRIC, "gate.value": repr(value)}
+    tags |= {f"gate.{k}": v for k, v in (CONTEXT | overrides).items()}
+    return "3", tags
+
+
+@pytest.mark.parametrize(
+    ("value", "higher", "margin", "decision"),
+    [
+        (0.09, False, 0.0, CHAMPION),  # lower MSE beats 0.10
+        (0.11, False, 0.0, CHALLENGER),
+        (0.10, False, 0.0, CHALLENGER),  # a tie earns nothing
+        (0.095, False, 0.01, CHALLENGER),  # better, but not by more than the margin
+        (0.085, False, 0.01, CHAMPION),
+        (0.11, True, 0.0, CHAMPION),  # the direction flips the rule
+        (0.09, True, 0.0, CHALLENGER),
+    ],
+)
+def test_gate_compares_in_the_stage_direction_beyond_the_margin(value, higher, margin, decision):
+    got = decide(METRIC, value, higher, margin, CONTEXT, champ(0.10))
+    assert got.decision == decision
+    assert got.champion_version == "3" and got.champion_value == 0.10
+
+
+@pytest.mark.parametrize("key", ["dataset_digest", "input_shape", "val_split"])
+def test_a_better_value_on_other_data_is_not_comparable(key):
+    got = decide(METRIC, 0.01, False, 0.0, CONTEXT, champ(0.10, **{key: "other"}))
+    assert got.decision == CHALLENGER
+    assert got.reason.startswith(f"not comparable: different {key}")
+
+
+def test_no_champion_or_an_ungated_one_gives_the_alias():
+    assert decide(METRIC, 5.0, False, 0.0, CONTEXT, None).decision == CHAMPION
+    legacy = decide(METRIC, 5.0, False, 0.0, CONTEXT, ("1", {}))  # registered before the gate
+    assert legacy.decision == CHAMPION and "predates the gate" in legacy.reason
+
+
+def versions(client, name=NAME):
+    return {str(v.version): v.tags for v in client.search_model_versions(f"name='{name}'")}
+
+
+def test_execute_registers_through_the_gate(project, monkeypatch):
+    """v1 champion; worse v2 challenger; better v3 champion; better-but-other-split v4 not
+    comparable; a NaN gate value is never registered. Every decision is in the version's tags."""
+    other = CONTEXT | {"val_split": "v1"}
+    values = [0.10, 0.20, 0.05, 0.01, math.nan]
+    toy_stage(monkeypatch, values, [CONTEXT, CONTEXT, CONTEXT, other, CONTEXT])
+    params = load_params("params.yaml", ["ae.epochs=1"])
+    exp = configure(".", params.experiment)
+    client = MlflowClient()
+    decisions = []
+    for _ in values:
+        out = execute("ae", params, context(project, exp, force=True))
+        decisions.append((out.model_version, out.model_decision))
+        run_tags = client.get_run(out.run_id).data.tags
+        assert run_tags.get("adaptflow.model_decision") == out.model_decision
+    assert decisions == [
+        ("1", CHAMPION),
+        ("2", CHALLENGER),
+        ("3", CHAMPION),
+        ("4", CHALLENGER),
+        (None, "not registered"),
+    ]
+    tags = versions(client)
+    assert sorted(tags) == ["1", "2", "3", "4"]  # the NaN run left no version
+    assert tags["1"]["gate.champion_value"] == "none"
+    assert tags["2"]["gate.value"] == "0.2" and tags["2"]["gate.champion_value"] == "0.1"
+    assert tags["2"]["gate.reason"].startswith("worse or not better")
+    assert tags["3"]["gate.champion_version"] == "1" and tags["3"]["gate.decision"] == CHAMPION
+    assert tags["4"]["gate.reason"].startswith("not comparable: different val_split")
+    assert tags["4"]["gate.val_split"] == "v1" and tags["4"]["gate.dataset_digest"] == "d0"
+    assert {t["gate.metric"] for t in tags.values()} == {METRIC}
+    assert {t["gate.direction"] for t in tags.values()} == {"lower"}
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == "3"
+
+
+def test_margin_is_read_from_the_stage_params(project, monkeypatch):
+    toy_stage(monkeypatch, [0.10, 0.09])
+    params = load_params("params.yaml", ["ae.gate_margin=0.05"])
+    exp = configure(".", params.experiment)
+    first = execute("ae", params, context(project, exp))
+    second = execute("ae", params, context(project, exp, force=True))
+    assert (first.model_decision, second.model_decision) == (CHAMPION, CHALLENGER)
+    assert "margin 0.05" in second.model_decision_reason
+
+
+def test_missing_registered_model_means_no_champion_but_other_errors_propagate(
+    project, monkeypatch
+):
+    configure(".", "x")
+    assert models.champion("never-registered") is None  # RESOURCE_DOES_NOT_EXIST
+
+    def down(self, name):
+        raise MlflowException("permission denied", PERMISSION_DENIED)
+
+    toy_stage(monkeypatch, [0.1])
+    params = load_params("params.yaml")
+    exp = configure(".", params.experiment)
+    monkeypatch.setattr(MlflowClient, "get_registered_model", down)
+    with pytest.raises(MlflowException, match="permission denied"):
+        execute("ae", params, context(project, exp))
+    monkeypatch.undo()
+    assert versions(MlflowClient()) == {}  # nothing registered without a decision
+
+
+def test_a_model_whose_alias_was_removed_gets_a_new_champion(project, monkeypatch):
+    """The alias is gone but the model exists: mlflow raises INVALID_PARAMETER_VALUE for that in
+    get_model_version_by_alias, so champion() must not rely on it."""
+    toy_stage(monkeypatch, [0.10, 0.30])
+    params = load_params("params.yaml")
+    exp = configure(".", params.experiment)
+    execute("ae", params, context(project, exp))
+    MlflowClient().delete_registered_model_alias(NAME, CHAMPION)
+    assert models.champion(NAME) is None
+    second = execute("ae", params, context(project, exp, force=True))
+    assert (second.model_version, second.model_decision) == ("2", CHAMPION)
+
+
+def test_is_missing_only_for_not_found_codes():
+    assert models.is_missing(MlflowException("x", RESOURCE_DOES_NOT_EXIST))
+    assert not models.is_missing(MlflowException("x", PERMISSION_DENIED))
