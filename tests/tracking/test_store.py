@@ -43,9 +43,10 @@ def test_moved_checkout_reads_artifacts_and_models(tmp_path, monkeypatch):
     torch.testing.assert_close(loaded(x), net(x))
 
 
-def test_store_of_an_older_version_gets_relative_links(tmp_path, monkeypatch):
+def test_absolute_locations_made_here_become_relative_others_stay(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exp_id = configure(".", "legacy")
+    custom = mlflow.create_experiment("custom", artifact_location=str(tmp_path / "big-disk"))
     with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as con:  # what the old code stored
         con.execute(
             "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
@@ -54,6 +55,8 @@ def test_store_of_an_older_version_gets_relative_links(tmp_path, monkeypatch):
     con.close()
     configure(".", "legacy")
     assert mlflow.get_experiment(exp_id).artifact_location == f"mlruns/artifacts/{exp_id}"
+    assert mlflow.get_experiment("0").artifact_location == "mlruns/artifacts/0"  # "Default"
+    assert mlflow.get_experiment(custom).artifact_location == str(tmp_path / "big-disk")
 
 
 def test_local_store_only_from_the_project_root(tmp_path, monkeypatch):

@@ -6,9 +6,10 @@ every local location absolute when an experiment is created (`SqlAlchemyStore.cr
 calls `resolve_uri_if_local`); runs and logged models then copy the experiment's location as a
 prefix (`append_to_uri_path`) and resolve nothing themselves. An absolute path would tie every
 artifact link to one machine's folder, so `configure()` rewrites the experiment's row to the
-relative form right after creating it; runs, logged models and registered versions inherit it,
-and MLflow reads them relative to the working directory, which is the project root for
-`adaptflow run`, `make ui` and the tests. Moving or copying the checkout keeps every link valid.
+relative form (`_portable_locations`; MLflow's own "Default" experiment too). Runs, logged
+models and registered versions inherit it, and MLflow reads them relative to the working
+directory, which is the project root for `adaptflow run`, `make ui` and the tests. Moving or
+copying the checkout keeps every link valid.
 
 Nothing here runs at import time; `configure()` is called by the flows/CLI at the start of a run.
 """
@@ -16,6 +17,7 @@ Nothing here runs at import time; `configure()` is called by the flows/CLI at th
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -54,29 +56,32 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        # a server (user URI) picks its own artifact root; the local store gets a relative one
-        exp_id = client.create_experiment(experiment)
-        if own:
-            _relative_artifact_location(root / "mlruns" / "mlflow.db", exp_id)
-    else:
-        exp_id = exp.experiment_id
-        location = exp.artifact_location
-        if own and (location.startswith("file:") or Path(location).is_absolute()):
-            # a store made by an older adaptflow: new runs get portable links from now on
-            _relative_artifact_location(root / "mlruns" / "mlflow.db", exp_id)
+    # a server (user URI) picks its own artifact root; the local store gets relative ones
+    exp_id = client.create_experiment(experiment) if exp is None else exp.experiment_id
+    if own:
+        _portable_locations(root / "mlruns" / "mlflow.db", created=exp_id if exp is None else None)
     mlflow.set_experiment(experiment_id=exp_id)  # nested method runs land in the same experiment
     return exp_id
 
 
-def _relative_artifact_location(db: Path, exp_id: str) -> None:
-    """Store "mlruns/artifacts/<id>" as the experiment's location (MLflow would keep it absolute;
-    see the module docstring). `experiments.artifact_location` is MLflow's own column."""
+# what MLflow or an older adaptflow made absolute: <root>/mlruns/<id> (MLflow's "Default"
+# experiment), <root>/mlruns/artifacts[/<id>] (as file:// URI or path). Any other location was
+# chosen by the user and is left alone.
+_MADE_HERE = re.compile(r"^(file://)?/.*/mlruns(/artifacts)?(/\d+)?/?$")
+
+
+def _portable_locations(db: Path, created: str | None = None) -> None:
+    """Store "mlruns/artifacts/<id>" as the location of experiments MLflow made absolute (see the
+    module docstring). Runs made before keep their own links; new runs get relative ones.
+    `experiments.artifact_location` is MLflow's own column."""
     with sqlite3.connect(db) as con:
-        con.execute(
-            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-            (f"{ARTIFACTS}/{exp_id}", int(exp_id)),
-        )
+        rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+        for exp_id, location in rows:
+            if str(exp_id) == created or (location and _MADE_HERE.match(location)):
+                con.execute(
+                    "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                    (f"{ARTIFACTS}/{exp_id}", exp_id),
+                )
     con.close()
 
 
