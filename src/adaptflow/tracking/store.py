@@ -83,8 +83,3 @@ def _portable_locations(db: Path, created: str | None = None) -> None:
                     (f"{ARTIFACTS}/{exp_id}", exp_id),
                 )
     con.close()
-
-
-def artifact_location(experiment_id: str) -> str:
-    """The experiment's artifact location as MLflow records it (relative for the local store)."""
-    return MlflowClient().get_experiment(experiment_id).artifact_location
