@@ -4,7 +4,8 @@ profile, printed as a table of test accuracy mean ± std over seeds, plus the cl
     make bench-pretrain                      # default profile, recomputed (cache ignored)
     python -m bench.pretrain_sweep --set pretrain.seeds=[0,1,2,3,4]
 
-Runs are logged to MLflow (experiment `adaptflow-bench`) like any stage run.
+Runs are logged to MLflow (experiment `adaptflow-bench`) like any stage run; the model registers
+as `adaptflow-bench-pretrain`, never under a production name (both are forced after `--set`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ import time
 from pathlib import Path
 
 from adaptflow.env import configure_env
+
+BENCH = "adaptflow-bench"  # experiment and registry prefix: never the production names
+
+
+def bench_params(path: str, overrides: list[str]):
+    """Params with the user's overrides, then the bench's experiment and registry prefix forced."""
+    from adaptflow.config import load_params
+
+    return load_params(path, [*overrides, f"experiment={BENCH}", f"registry_prefix={BENCH}"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,12 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from adaptflow.config import load_params
     from adaptflow.stages import StageContext, execute
     from adaptflow.tracking.store import configure
     from adaptflow.training import resolve_device
 
-    params = load_params(args.params, ["experiment=adaptflow-bench", *args.overrides])
+    params = bench_params(args.params, args.overrides)
     ctx = StageContext(
         Path("."),
         configure(".", params.experiment),
@@ -55,7 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     m = outcome.metrics
     console.print("\n[bold]gain of greedy over random init (test accuracy points):[/]")
     for f in params.pretrain.label_fractions:
-        console.print(f"  {100 * f:g}% labels: {100 * m[f'pretrain/f{f:g}/gain']:+.2f}")
+        se = m.get(f"pretrain/f{f:g}/gain_se", float("nan"))
+        console.print(
+            f"  {100 * f:g}% labels: {100 * m[f'pretrain/f{f:g}/gain']:+.2f} ± {200 * se:.2f} (2 SE)"
+        )
     console.print(f"\nwall time {seconds:.0f} s on {ctx.device}; MLflow run {outcome.run_id}")
 
 

@@ -209,9 +209,22 @@ class PretrainStageConfig(TrainSettings):
         default_factory=lambda: [0, 1, 2], min_length=1
     )
     convergence_level: float = Field(
-        0.95, gt=0, le=1, description="epochs to reach this share of the final accuracy"
+        0.95, gt=0, le=1, description="epochs to reach this share of the curve's best accuracy"
     )
-    patience: int | None = Field(None, ge=1, description="off: both arms get the full budget")
+    patience: int | None = Field(
+        None, ge=1, description="budget_split only (early stop on the in-budget split); null: off"
+    )
+    selection: Literal["last_epoch", "budget_split"] = Field(
+        "last_epoch",
+        description="fine-tuning checkpoint: last_epoch = fixed epochs, no selection; "
+        "budget_split = lowest loss on a stratified part of the labelled subset itself",
+    )
+    select_fraction: float = Field(
+        0.2, gt=0, lt=1, description="budget_split: share of the labelled subset that selects"
+    )
+    gate_margin: float = Field(
+        0.0, ge=0, description="gain in gate_val_acc a new version needs over the champion"
+    )
 
     @field_validator("label_fractions", "seeds")
     @classmethod
@@ -380,6 +393,17 @@ def _check_pretrain(cfg: PretrainStageConfig) -> None:
         raise ParamsError(
             f"invalid params:\n  pretrain.activation = {cfg.activation!r}: layer_method "
             f"{cfg.layer_method!r} needs sigmoid units"
+        )
+    if cfg.selection == "last_epoch" and cfg.patience is not None:
+        raise ParamsError(
+            f"invalid params:\n  pretrain.patience = {cfg.patience}: early stopping selects an "
+            "epoch; with pretrain.selection: last_epoch it must be null (or use budget_split)"
+        )
+    if cfg.selection == "last_epoch" and max(cfg.label_fractions) < 1.0:
+        raise ParamsError(
+            "invalid params:\n  pretrain.label_fractions: with pretrain.selection: last_epoch the "
+            "largest fraction must be 1.0 (the registry gate measures that model on validation "
+            "labels that must lie inside its budget); or use selection: budget_split"
         )
 
 

@@ -1,4 +1,4 @@
-"""Greedy layer-wise pretraining: stacking, weight transfer, every layer method, the RBM."""
+"""Greedy layer-wise pretraining: stacking, weight transfer, fine-tuning protocol, the RBM."""
 
 import copy
 
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from adaptflow.config import MnistSource, PretrainBudget, TrainSettings
+from adaptflow.config import MnistSource, PretrainBudget, PretrainStageConfig, TrainSettings
 from adaptflow.data import SOURCES
 from adaptflow.methods.pretrain import LAYER_METHODS
-from adaptflow.methods.pretrain.classifier import fine_tune
-from adaptflow.methods.pretrain.greedy import greedy_pretrain
+from adaptflow.methods.pretrain.classifier import FineTuner, fine_tune
+from adaptflow.methods.pretrain.greedy import codes, greedy_pretrain
 from adaptflow.models.rbm import RBM
 from adaptflow.models.stacked import DeepClassifier, StackedEncoder
-from adaptflow.stages.pretrain import epochs_to_reach, labelled_subset
+from adaptflow.stages.pretrain import build_arm, epochs_to_reach, labelled_subset
 
 CPU = torch.device("cpu")
 
@@ -25,16 +25,33 @@ def mnist_small():
 
 
 @pytest.mark.parametrize("method", LAYER_METHODS.names())
-def test_greedy_feeds_each_layer_the_codes_below(method, mnist_small):
+def test_each_layer_trains_on_the_trained_codes_of_the_layers_below(method, mnist_small):
     x = mnist_small[0]
-    options = LAYER_METHODS.get(method).Config()
+    flat = x.reshape(len(x), -1)
+    fed: dict[int, np.ndarray] = {}
     result = greedy_pretrain(
-        x, [32, 16, 8], "sigmoid", method, options, PretrainBudget(epochs=2, batch_size=64), CPU, 0
+        x,
+        [32, 16, 8],
+        "sigmoid",
+        method,
+        LAYER_METHODS.get(method).Config(),
+        PretrainBudget(epochs=2, batch_size=64),
+        CPU,
+        0,
+        on_layer_input=lambda k, h: fed.__setitem__(k, h.copy()),
     )
-    assert [s[1] for s in result.input_shapes] == [784, 32, 16]  # layer k reads h^(k-1)
-    assert all(s[0] == len(x) for s in result.input_shapes)  # every unlabeled image, each layer
+    assert np.array_equal(fed[0], flat)  # layer 1 reads the images
+    for k in (1, 2):  # layer k+1 reads h^(k) of the *trained* layers 1..k, every image
+        np.testing.assert_allclose(fed[k], codes(result.encoder, flat, k, CPU), atol=1e-6)
+        random_codes = codes(StackedEncoder(784, [32, 16, 8]), flat, k, CPU)
+        assert np.abs(fed[k] - random_codes).max() > 0.05  # untrained weights would differ
+    for k, layer in enumerate(result.layers):  # the stack holds each layer's trained encoder
+        h = torch.from_numpy(fed[k])
+        with torch.no_grad():
+            np.testing.assert_allclose(
+                result.encoder.blocks[k](h).numpy(), layer.encode(h).numpy(), atol=1e-6
+            )
     assert len(result.layer_losses) == 3 and all(len(c) == 2 for c in result.layer_losses)
-    assert result.encoder(torch.from_numpy(x[:5])).shape == (5, 8)
 
 
 @pytest.mark.parametrize("method", ["ae", "denoising", "sparse"])
@@ -54,9 +71,9 @@ def test_layer_reconstruction_improves(method, mnist_small):
     assert curve[-1] < curve[0]
 
 
-def test_head_keeps_pretrained_weights_and_fine_tuning_moves_them(mnist_small):
-    x, y, x_te, y_te = mnist_small
-    result = greedy_pretrain(
+def test_arms_share_their_random_draw_and_greedy_gets_a_copy(mnist_small):
+    x, y = mnist_small[0][:200], mnist_small[1][:200]
+    greedy = greedy_pretrain(
         x,
         [32, 16],
         "sigmoid",
@@ -66,17 +83,60 @@ def test_head_keeps_pretrained_weights_and_fine_tuning_moves_them(mnist_small):
         CPU,
         0,
     )
-    before = copy.deepcopy(result.encoder.state_dict())
-    net = DeepClassifier(result.encoder, 10)
-    for k, v in before.items():  # adding the head changes no pretrained weight
-        assert torch.equal(net.encoder.state_dict()[k], v)
-    assert net(torch.from_numpy(x[:3])).shape == (3, 10)
-    settings = TrainSettings(epochs=2, batch_size=32, lr=1e-3, patience=None)
-    model, history = fine_tune(net, x, y, x_te, y_te, settings, CPU, 0, progress=False)
-    assert not torch.equal(
-        model.net.encoder.blocks[0][0].weight, before["blocks.0.0.weight"]
-    )  # end to end
-    assert len(history.series("val_acc")) == 2
+    pretrained = copy.deepcopy(greedy.encoder.state_dict())
+    cfg = PretrainStageConfig(layers=[32, 16], epochs=1, batch_size=32)
+    net_g = build_arm("greedy", greedy.encoder, cfg, 784, 10, seed=3)
+    net_r = build_arm("random", greedy.encoder, cfg, 784, 10, seed=3)
+    for k, v in pretrained.items():  # the greedy arm starts from the pretrained layers
+        assert torch.equal(net_g.encoder.state_dict()[k], v)
+    assert not torch.equal(net_r.encoder.blocks[0][0].weight, pretrained["blocks.0.0.weight"])
+    for k, v in net_r.head.state_dict().items():  # the same head draw for both arms
+        assert torch.equal(net_g.head.state_dict()[k], v)
+    fine_tune(net_g, x, y, cfg, CPU, 0)
+    assert not torch.equal(net_g.encoder.blocks[0][0].weight, pretrained["blocks.0.0.weight"])
+    for k, v in pretrained.items():  # fine-tuning one fraction leaves the next one's init intact
+        assert torch.equal(greedy.encoder.state_dict()[k], v)
+
+
+def _net(seed: int = 0) -> DeepClassifier:
+    torch.manual_seed(seed)
+    return DeepClassifier(StackedEncoder(784, [32]), 10)
+
+
+def test_last_epoch_keeps_the_last_epoch_and_the_monitor_selects_nothing(mnist_small):
+    x, y, x_mon, y_mon = mnist_small
+    settings = TrainSettings(epochs=4, batch_size=32, lr=3e-3, patience=None)
+    scrambled = np.random.default_rng(0).permutation(y_mon)  # its loss is lowest early on
+    plain, _ = fine_tune(_net(), x, y, settings, CPU, 0)
+    watched, history = fine_tune(_net(), x, y, settings, CPU, 0, monitor=(x_mon, scrambled))
+    for k, v in plain.state_dict().items():  # a monitor changes nothing about the result
+        assert torch.equal(watched.state_dict()[k], v)
+    curve = history.series("monitor_acc")
+    assert len(curve) == 4
+    assert watched.accuracy(x_mon, scrambled, CPU) == pytest.approx(curve[-1])  # = last epoch
+
+
+def test_budget_split_keeps_the_epoch_with_the_lowest_selection_loss(mnist_small):
+    x, y = mnist_small[0][:40], mnist_small[1][:40]
+    x_sel, y_sel = mnist_small[0][300:], mnist_small[1][300:]
+    settings = TrainSettings(epochs=8, batch_size=8, lr=2e-2, patience=None)
+    model, history = fine_tune(_net(), x, y, settings, CPU, 0, select=(x_sel, y_sel))
+    losses = history.series("val_loss")
+    assert history.best_epoch < len(losses)  # precondition: the last epoch is not the best
+    with torch.no_grad():
+        logits = model.eval().net(torch.from_numpy(x_sel))
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y_sel)).item()
+    assert loss == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_fine_tuner_accuracy_counts_correct_predictions():
+    net = _net()
+    x = np.random.default_rng(0).random((7, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        pred = net(torch.from_numpy(x)).argmax(1).numpy()
+    y = pred.copy()
+    y[:3] = (y[:3] + 1) % 10  # three wrong
+    assert FineTuner(net).accuracy(x, y, CPU) == pytest.approx(4 / 7)
 
 
 def test_load_layer_rejects_wrong_shape():
@@ -125,11 +185,20 @@ def test_labelled_subset_is_stratified_and_seeded():
     y = np.repeat(np.arange(10), 100)
     a, b = labelled_subset(y, 0.05, 0), labelled_subset(y, 0.05, 0)
     assert len(a) == 50 and np.array_equal(a, b)
+    assert not np.array_equal(a, labelled_subset(y, 0.05, 1))
     assert np.bincount(y[a]).tolist() == [5] * 10
     assert len(labelled_subset(y, 1.0, 0)) == 1000
     assert len(labelled_subset(y, 0.001, 0)) == 10  # never fewer than one per class
 
 
-def test_epochs_to_reach():
-    assert epochs_to_reach([0.1, 0.5, 0.9, 0.95, 1.0], 0.95) == 4
-    assert epochs_to_reach([0.9, 0.9], 0.95) == 1
+def test_epochs_to_reach_is_relative_to_the_best_epoch():
+    # best 0.9 at epoch 3 -> target 0.855: epoch 3 (relative to the last value, 0.4, it'd be 2)
+    assert epochs_to_reach([0.3, 0.6, 0.9, 0.4], 0.95, 10) == 3
+    assert epochs_to_reach([0.1, 0.5, 0.9, 0.95, 1.0], 0.95, 10) == 4
+    assert epochs_to_reach([0.9, 0.9], 0.95, 10) == 1
+
+
+def test_a_curve_that_never_leaves_chance_is_not_converged():
+    assert epochs_to_reach([0.10, 0.12, 0.15, 0.19], 0.95, 10) is None  # best < 2 x chance
+    assert epochs_to_reach([0.10, 0.12, 0.20], 0.95, 10) == 3
+    assert epochs_to_reach([0.4, 0.45], 0.95, 2) is None  # chance is 50 % with two classes

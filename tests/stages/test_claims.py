@@ -42,32 +42,3 @@ def test_denoising_beats_plain_autoencoder_on_noisy_input(mnist, raw_params):
         method.fit(d.x_tr, d.x_val, FitContext(cfg, CPU, 0, progress=False))
         psnr[name] = evaluate(method, d, cfg, 0)[0]["test_psnr_gaussian"]
     assert psnr["denoising"] > psnr["ae"] + 2  # measured: ~18.4 vs ~12.8 dB
-
-
-def test_greedy_pretraining_helps_with_few_labels(mnist):
-    x, y = mnist.x_train[:3600], mnist.y_train[:3600]
-    x_val, y_val = mnist.x_train[3600:], mnist.y_train[3600:]
-    greedy = greedy_pretrain(
-        x,
-        [500, 250, 100],
-        "sigmoid",
-        "ae",
-        LAYER_METHODS.get("ae").Config(),
-        PretrainBudget(epochs=20),
-        CPU,
-        0,
-    )
-    lab = labelled_subset(y, 0.05, 0)
-    settings = TrainSettings(epochs=30, batch_size=64, patience=None)
-    acc = {}
-    for arm in ("greedy", "random"):
-        seed_everything(0)
-        enc = StackedEncoder(784, [500, 250, 100])
-        if arm == "greedy":
-            enc.load_state_dict(greedy.encoder.state_dict())
-        model, _ = fine_tune(
-            DeepClassifier(enc, 10), x[lab], y[lab], x_val, y_val, settings, CPU, 0, False
-        )
-        acc[arm] = model.accuracy(mnist.x_test, mnist.y_test, CPU)
-    assert acc["greedy"] > acc["random"] + 0.05, acc  # measured: ~80 % vs ~66 % at 5 % labels
-    assert np.isfinite(list(acc.values())).all()

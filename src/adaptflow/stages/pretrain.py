@@ -1,53 +1,268 @@
 """Stage `pretrain`: greedy layer-wise pretraining vs the same net from random init (seed Q3).
 
-For each seed: pretrain the deep encoder greedily on all (unlabeled) training images, then for
-each label fraction fine-tune both arms — greedy init and random init — with the same optimiser,
-epochs and head initialisation, logging validation accuracy every epoch. The verdict table
-tests the seed's three claims: better initialisation, small-data efficiency, faster convergence.
+For each seed: pretrain the deep encoder greedily on the unlabeled pool of training images, then
+for each label fraction f fine-tune both arms — greedy init and random init — with the same
+optimiser, epochs, head initialisation and selection protocol.
+
+Label budget (issue 7). N = the labelled training-split images the stage may use (test is a
+separate array and never indexed here). They are split once, per `params.seed`, into a *pool*
+(unlabeled pretraining images; labelled subsets are drawn from it) and a *monitor* split. At
+fraction f, the labels used to train AND to select a checkpoint are at most floor(f·N):
+`pretrain.selection: last_epoch` trains on all of them for a fixed number of epochs and keeps the
+last epoch; `budget_split` selects the lowest-loss epoch on a stratified part of that same subset.
+The monitor (labelled, disjoint from the pool and from test) draws the per-epoch accuracy curves
+behind the epoch-1 and convergence claims and selects nothing; at f = 1 (pool + monitor = N) it is
+inside the budget and measures the registry gate. Test accuracy is reported, never selects.
+
+The verdicts are paired over seeds (`paired_verdict`, greedy vs random, mean > 2 SE).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from adaptflow.data import Prepared
+from adaptflow.evaluation.verdicts import all_of, paired_verdict
 from adaptflow.methods.pretrain import LAYER_METHODS
 from adaptflow.methods.pretrain.classifier import fine_tune
 from adaptflow.methods.pretrain.greedy import greedy_pretrain
 from adaptflow.models.stacked import DeepClassifier, StackedEncoder
 from adaptflow.stages.base import (
     STAGES,
+    Gate,
     StageContext,
     StageOutcome,
     StageSpec,
     claims_table,
     split_train_val,
-    verdict,
 )
 from adaptflow.training import seed_everything
 
 ARMS = ("greedy", "random")
+NOT_TESTED = "not tested"
+SELECTION = (
+    "fine-tuning checkpoint per pretrain.selection, identical for both arms: last_epoch (default) = "
+    "fixed epochs, last epoch kept, no selection; budget_split = lowest loss on a stratified part "
+    "of the labelled subset. Training + selection labels <= floor(f*N) at fraction f. A labelled "
+    "monitor split outside the f<1 budgets only draws accuracy curves; registry gate = the "
+    "registered (greedy, f=1, first seed) model's monitor accuracy, inside its f=1 budget; test "
+    "data selects nothing"
+)
 
 
-def labelled_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Indices of a class-stratified `fraction` of y (at least one example per class)."""
-    if fraction >= 1.0:
+# ------------------------------------------------------------------ the label budget
+def stratified_sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted positions of a class-stratified, seeded sample of n entries of y (all if n >= len)."""
+    if n >= len(y):
         return np.arange(len(y))
     from sklearn.model_selection import StratifiedShuffleSplit
 
     n_classes = len(np.unique(y))
-    n = max(n_classes, int(round(fraction * len(y))))
+    if n < n_classes or len(y) - n < n_classes:  # too few to stratify: a plain seeded draw
+        return np.sort(np.random.default_rng(seed).choice(len(y), n, replace=False))
     split = StratifiedShuffleSplit(n_splits=1, train_size=n, random_state=seed)
     idx, _ = next(split.split(np.zeros(len(y)), y))
     return np.sort(idx)
 
 
-def epochs_to_reach(curve: list[float], level: float) -> int:
-    """First epoch (1-based) whose accuracy is >= level x the final accuracy."""
-    target = level * curve[-1]
-    return next(i for i, v in enumerate(curve, 1) if v >= target)
+def labelled_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a class-stratified `fraction` of y (at least one example per class)."""
+    n_classes = len(np.unique(y))
+    return stratified_sample(y, max(n_classes, int(round(fraction * len(y)))), seed)
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """Index sets into the training split (test is another array: no index here reaches it)."""
+
+    pool: np.ndarray  # unlabeled pretraining images; every labelled subset is drawn from here
+    monitor: np.ndarray  # labelled curves (and, at f = 1, the gate); selects nothing
+
+    @property
+    def n_total(self) -> int:
+        """N of the budget floor(f·N): every training-split image the stage may label."""
+        return len(self.pool) + len(self.monitor)
+
+
+@dataclass(frozen=True)
+class LabelBudget:
+    fraction: float
+    allowed: int  # floor(f·N)
+    fit: np.ndarray  # training-split indices the net is trained on
+    select: np.ndarray  # ... that choose its checkpoint (empty with last_epoch)
+
+    @property
+    def used(self) -> np.ndarray:
+        return np.concatenate([self.fit, self.select])
+
+
+def data_plan(n_train: int, val_fraction: float, max_train: int | None, seed: int) -> DataPlan:
+    pool, monitor = split_train_val(n_train, val_fraction, max_train, seed)
+    return DataPlan(np.sort(pool), np.sort(monitor))
+
+
+def label_budget(
+    y: np.ndarray,
+    plan: DataPlan,
+    fraction: float,
+    seed: int,
+    selection: str,
+    select_fraction: float,
+) -> LabelBudget:
+    """Which labels fine-tuning at `fraction` may touch: fit (+ select) <= floor(f·N), from the pool.
+
+    `y` are the labels of the whole training split; the sample is stratified and seeded.
+    """
+    allowed = math.floor(fraction * plan.n_total + 1e-9)
+    n_classes = len(np.unique(y[plan.pool]))
+    if allowed < n_classes:
+        raise ValueError(
+            f"pretrain.label_fractions: {fraction:g} x {plan.n_total} images = {allowed} labels, "
+            f"fewer than the {n_classes} classes; raise the fraction"
+        )
+    lab = plan.pool[stratified_sample(y[plan.pool], min(allowed, len(plan.pool)), seed)]
+    if selection == "last_epoch":
+        return LabelBudget(fraction, allowed, lab, lab[:0])
+    n_select = max(1, int(round(select_fraction * len(lab))))
+    sel = stratified_sample(y[lab], n_select, seed + 1)
+    keep = np.ones(len(lab), bool)
+    keep[sel] = False
+    return LabelBudget(fraction, allowed, lab[keep], lab[sel])
+
+
+def gate_indices(plan: DataPlan, budget: LabelBudget) -> np.ndarray:
+    """Validation labels for the registry gate, inside the registered model's budget."""
+    if len(budget.used) + len(plan.monitor) <= budget.allowed:
+        return plan.monitor
+    if len(budget.select):
+        return budget.select
+    raise ValueError(
+        f"no validation labels inside the {budget.fraction:g} budget for the registry gate: "
+        "include 1.0 in pretrain.label_fractions or use pretrain.selection: budget_split"
+    )
+
+
+def short_hash(idx: np.ndarray) -> str:
+    return hashlib.sha256(np.sort(idx).astype(np.int64).tobytes()).hexdigest()[:12]
+
+
+def protocol(cfg) -> str:
+    """The selection_protocol tag of each fine-tuning run."""
+    if cfg.selection == "last_epoch":
+        return f"last_epoch: {cfg.epochs} fixed epochs, last epoch kept, no checkpoint selection"
+    return (
+        f"budget_split: lowest loss on a stratified {cfg.select_fraction:g} of the labelled subset"
+        f" (inside the budget), up to {cfg.epochs} epochs, patience {cfg.patience}"
+    )
+
+
+# ------------------------------------------------------------------ arms and curves
+def build_arm(arm: str, pretrained: StackedEncoder, cfg, input_dim: int, n_classes: int, seed: int):
+    """The deep net of one arm: the same random draw (layers, head) for both; greedy then gets a
+    copy of the pretrained layers (fine-tuning one arm never changes the pretrained encoder)."""
+    seed_everything(seed)
+    encoder = StackedEncoder(input_dim, cfg.layers, cfg.activation)
+    if arm == "greedy":
+        encoder.load_state_dict(pretrained.state_dict())  # copies the tensors
+    return DeepClassifier(encoder, n_classes)
+
+
+def epochs_to_reach(curve: list[float], level: float, n_classes: int) -> int | None:
+    """First epoch (1-based) whose accuracy is >= level x the curve's best accuracy.
+
+    None ("not converged") when the curve never leaves chance: its best is below twice chance,
+    2 / n_classes (20 % for digits): reaching 95 % of a chance-level best is no convergence.
+    """
+    best = max(curve)
+    if best < 2.0 / n_classes:
+        return None
+    return next(i for i, v in enumerate(curve, 1) if v >= level * best)
+
+
+# ------------------------------------------------------------------ verdicts and report
+def _paired_arrays(df, fraction: float, col: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-seed (greedy, random) values of `col` at `fraction`, paired by seed."""
+    piv = df[df.fraction == fraction].pivot(index="seed", columns="arm", values=col).sort_index()
+    return piv["greedy"].to_numpy(float), piv["random"].to_numpy(float)
+
+
+def censored_epochs(g: np.ndarray, r: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Not converged (NaN) -> `cap` = budget + 1, a lower bound ("not within the budget") that
+    understates the converged arm's lead; both not converged -> NaN: that seed compares nothing."""
+    both = np.isnan(g) & np.isnan(r)
+    g, r = np.where(np.isnan(g), cap, g), np.where(np.isnan(r), cap, r)
+    g[both], r[both] = np.nan, np.nan
+    return g, r
+
+
+def verdicts(df, cfg) -> list[tuple[str, str, str]]:
+    """The seed's three claims, each decided over seeds by a paired comparison (greedy - random)."""
+    fracs = sorted(df.fraction.unique())
+    pct = lambda v: f"{100 * v:g}"  # noqa: E731
+
+    init, init_v = [], []
+    for f in fracs:
+        g, r = _paired_arrays(df, f, "epoch1_acc")
+        res = paired_verdict(g, r)
+        init_v.append(res.verdict)
+        init.append(
+            f"{pct(f)}%: {100 * g.mean():.1f} vs {100 * r.mean():.1f}, "
+            f"{res.describe('pts', 100, 1)} {res.verdict}"
+        )
+
+    small, full = fracs[0], fracs[-1]
+    g, r = _paired_arrays(df, small, "test_acc")
+    gain_small = paired_verdict(g, r)
+    data_text = f"gain at {pct(small)}%: {gain_small.describe('pts', 100, 1)} {gain_small.verdict}"
+    if len(fracs) < 2:
+        data_v = NOT_TESTED
+        data_text += "; needs a second label fraction"
+    else:
+        g_full, r_full = _paired_arrays(df, full, "test_acc")
+        larger = paired_verdict(g - r, g_full - r_full)
+        data_v = all_of([gain_small.verdict, larger.verdict])
+        data_text += (
+            f"; gain at {pct(small)}% minus gain at {pct(full)}%: "
+            f"{larger.describe('pts', 100, 1)} {larger.verdict}"
+        )
+
+    conv, conv_v = [], []
+    for f in fracs:
+        g, r = censored_epochs(*_paired_arrays(df, f, "epochs_to_level"), cfg.epochs + 1)
+        if np.isnan(g).all():
+            conv.append(f"{pct(f)}%: neither arm leaves chance")
+            continue
+        res = paired_verdict(g, r, higher_is_better=False)
+        conv_v.append(res.verdict)
+        conv.append(
+            f"{pct(f)}%: {np.nanmean(g):.1f} vs {np.nanmean(r):.1f}, "
+            f"{res.describe('epochs', 1, 1)} fewer, {res.verdict}"
+        )
+    return [
+        (
+            "better initialisation: higher monitor accuracy after fine-tuning epoch 1, at every "
+            "label fraction",
+            "; ".join(init),
+            all_of(init_v),
+        ),
+        (
+            f"small-data efficiency: test-accuracy gain at {pct(small)}% labels holds, and exceeds "
+            f"the gain at {pct(full)}% (paired per seed)",
+            data_text,
+            data_v,
+        ),
+        (
+            f"faster convergence: fewer epochs to {cfg.convergence_level:.0%} of the curve's best "
+            f"monitor accuracy, at every label fraction (not converged = budget + 1)",
+            "; ".join(conv),
+            all_of(conv_v) if conv_v else NOT_TESTED,
+        ),
+    ]
 
 
 def summarise(records: list[dict]):
@@ -58,60 +273,41 @@ def summarise(records: list[dict]):
         n_labels=("n_labels", "first"),
         test_acc_mean=("test_acc", "mean"),
         test_acc_std=("test_acc", "std"),
-        epoch1_val_acc=("epoch1_val_acc", "mean"),
-        epochs_to_95=("epochs_to_level", "mean"),
+        epoch1_acc=("epoch1_acc", "mean"),
+        epochs_to_level=("epochs_to_level", "mean"),  # over converged seeds
+        not_converged=("epochs_to_level", lambda s: int(s.isna().sum())),
         finetune_seconds=("finetune_seconds", "mean"),
     )
-    return df, agg.fillna(0.0)
+    return df, agg
 
 
-def verdicts(agg, cfg) -> list[tuple[str, str, str]]:
-    """The seed's three claims, each with its numbers and holds / does not hold."""
-    fracs = sorted({f for f, _ in agg.index})
-    g = lambda f, col: agg.loc[(f, "greedy"), col]  # noqa: E731
-    r = lambda f, col: agg.loc[(f, "random"), col]  # noqa: E731
-    init = [(f, g(f, "epoch1_val_acc"), r(f, "epoch1_val_acc")) for f in fracs]
-    init_ok = all(a > b for _, a, b in init)
-    gaps = {f: g(f, "test_acc_mean") - r(f, "test_acc_mean") for f in fracs}
-    small, full = fracs[0], fracs[-1]
-    noise = max(g(small, "test_acc_std"), r(small, "test_acc_std"))
-    data_ok = gaps[small] > noise and gaps[small] > gaps[full]
-    conv = [(f, g(f, "epochs_to_95"), r(f, "epochs_to_95")) for f in fracs]
-    conv_ok = np.mean([a for _, a, _ in conv]) < np.mean([b for _, _, b in conv])
-    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    return [
-        (
-            "better initialisation: higher validation accuracy after fine-tuning epoch 1, at every label fraction",
-            "; ".join(f"{pct(f)}% labels: {pct(a)} vs {pct(b)}" for f, a, b in init),
-            verdict(init_ok),
-        ),
-        (
-            f"small-data efficiency: the gain at {pct(small)}% labels exceeds its seed std and the gain "
-            f"at {pct(full)}%",
-            "; ".join(f"{pct(f)}%: {100 * v:+.1f} pts" for f, v in gaps.items())
-            + f" (std {pct(noise)})",
-            verdict(data_ok),
-        ),
-        (
-            f"faster convergence: fewer epochs to {cfg.convergence_level:.0%} of the final accuracy (mean over "
-            "fractions)",
-            "; ".join(f"{pct(f)}%: {a:.1f} vs {b:.1f}" for f, a, b in conv),
-            verdict(conv_ok),
-        ),
-    ]
+def gains(df) -> dict[float, object]:
+    """Paired test-accuracy gain (greedy - random) per fraction."""
+    return {
+        f: paired_verdict(*_paired_arrays(df, f, "test_acc")) for f in sorted(df.fraction.unique())
+    }
 
 
-def report(agg, claims, cfg, dataset: str, n_train: int, pretrain_seconds: float) -> str:
+def report(df, agg, claims, cfg, dataset: str, plan: DataPlan, pretrain_seconds: float) -> str:
     rows = [
-        "| labels | arm | n labels | test acc % (mean ± std) | val acc % after epoch 1 | epochs to "
-        f"{cfg.convergence_level:.0%} | fine-tune s |",
+        "| labels | arm | labels used (train + select) | test acc % (mean ± std) | monitor acc % "
+        f"after epoch 1 | epochs to {cfg.convergence_level:.0%} of best | fine-tune s |",
         "|---|---|---|---|---|---|---|",
     ]
     for (f, arm), r in agg.iterrows():
+        std = "–" if math.isnan(r.test_acc_std) else f"{100 * r.test_acc_std:.2f}"
+        epochs = "n.c." if math.isnan(r.epochs_to_level) else f"{r.epochs_to_level:.1f}"
+        if r.not_converged and not math.isnan(r.epochs_to_level):
+            epochs += f" ({int(r.not_converged)} n.c.)"
         rows.append(
-            f"| {100 * f:g}% | {arm} | {int(r.n_labels)} | {100 * r.test_acc_mean:.2f} ± {100 * r.test_acc_std:.2f} "
-            f"| {100 * r.epoch1_val_acc:.2f} | {r.epochs_to_95:.1f} | {r.finetune_seconds:.1f} |"
+            f"| {100 * f:g}% | {arm} | {int(r.n_labels)} | {100 * r.test_acc_mean:.2f} ± {std} "
+            f"| {100 * r.epoch1_acc:.2f} | {epochs} | {r.finetune_seconds:.1f} |"
         )
+    gain_rows = ["| labels | test-acc gain, greedy − random (paired) | verdict |", "|---|---|---|"]
+    gain_rows += [
+        f"| {100 * f:g}% | {res.describe('pts', 100, 2)} | {res.verdict} |"
+        for f, res in gains(df).items()
+    ]
     arch = "-".join(str(d) for d in [784, *cfg.layers])
     return (
         "\n".join(
@@ -120,12 +316,25 @@ def report(agg, claims, cfg, dataset: str, n_train: int, pretrain_seconds: float
                 "",
                 f"Net {arch} ({cfg.activation}) + softmax head; {len(cfg.seeds)} seeds; fine-tuning "
                 f"{cfg.epochs} epochs, Adam lr {cfg.lr}, batch {cfg.batch_size}, same head init for both arms; "
-                f"pretraining {cfg.pretrain.epochs} epochs per layer on all {n_train} unlabeled training images "
-                f"({pretrain_seconds:.1f} s per seed). Test accuracy of the epoch with the lowest validation loss.",
+                f"pretraining {cfg.pretrain.epochs} epochs per layer on the {len(plan.pool)} unlabeled pool "
+                f"images ({pretrain_seconds:.1f} s per seed).",
+                "",
+                f"**Protocol** (`selection_protocol`): {protocol(cfg)}. Label budget at fraction f: "
+                f"training + selection labels <= floor(f·N), N = {plan.n_total} training-split images "
+                f"({len(plan.pool)} pool + {len(plan.monitor)} monitor); test is never used to select. "
+                f"The {len(plan.monitor)}-image labelled monitor split (disjoint from pool and test) "
+                "only draws the per-epoch accuracy curves (epoch-1 accuracy, convergence) and selects "
+                "nothing. Verdicts: paired over seeds (greedy − random), holds if mean > 2 SE; "
+                "one seed = not enough seeds. Not converged (n.c.) = the curve's best stays below "
+                "twice chance.",
                 "",
                 *rows,
                 "",
-                *claims_table(claims, "measured (greedy vs random)"),
+                *gain_rows,
+                "",
+                *claims_table(
+                    claims, "measured (greedy vs random; mean ± 2 SE of the paired difference)"
+                ),
                 "",
                 "Reference (full 60k MNIST, test error): deep net without pretraining 1.6-1.9 %, SAE-3 1.40 %, "
                 "SDAE-3 1.28 %, DBN 1.2 % (Bengio et al. 2007; Vincent et al. 2010). Ours uses the 5,000-image subset.",
@@ -135,20 +344,30 @@ def report(agg, claims, cfg, dataset: str, n_train: int, pretrain_seconds: float
     )
 
 
+# ------------------------------------------------------------------ the stage
 def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     from adaptflow.tracking import plots, runs
     from adaptflow.tracking.models import log_torch_model
 
     cfg = params.pretrain
-    split = data[cfg.dataset].split
+    prepared = data[cfg.dataset]
+    split = prepared.split
     if split.x_train.ndim != 4:
         raise ValueError(f"pretrain.dataset {cfg.dataset!r} holds sequences, not images")
-    tr, val = split_train_val(len(split.x_train), cfg.val_fraction, cfg.max_train, params.seed)
-    x_tr, y_tr = split.x_train[tr], split.y_train[tr]
-    x_val, y_val = split.x_train[val], split.y_train[val]
+    plan = data_plan(len(split.x_train), cfg.val_fraction, cfg.max_train, params.seed)
+    x_all, y_all = split.x_train, split.y_train
+    x_pool = x_all[plan.pool]
+    monitor = (x_all[plan.monitor], y_all[plan.monitor])
     x_te, y_te = split.x_test, split.y_test
-    n_classes, input_dim = split.num_classes, int(np.prod(x_tr.shape[1:]))
+    n_classes, input_dim = split.num_classes, int(np.prod(x_all.shape[1:]))
     options = LAYER_METHODS.get(cfg.layer_method).Config.model_validate(cfg.layer_options)
+    budgets = {  # checked for every fraction before any training
+        (f, s): label_budget(y_all, plan, f, s, cfg.selection, cfg.select_fraction)
+        for f in cfg.label_fractions
+        for s in cfg.seeds
+    }
+    f_gate, s_gate = cfg.label_fractions[-1], cfg.seeds[0]
+    gate_idx = gate_indices(plan, budgets[(f_gate, s_gate)])
     records, curves, pretrain_seconds = [], {}, []
     outcome = StageOutcome(model_name=params.model_name("pretrain"))
     for seed in cfg.seeds:
@@ -165,7 +384,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
 
             t0 = time.perf_counter()
             greedy = greedy_pretrain(
-                x_tr,
+                x_pool,
                 cfg.layers,
                 cfg.activation,
                 cfg.layer_method,
@@ -182,22 +401,27 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                 | {"pretrain/pretrain_seconds": pretrain_seconds[-1]}
             )
         for fraction in cfg.label_fractions:
-            lab = labelled_subset(y_tr, fraction, seed)
+            budget = budgets[(fraction, seed)]
+            select = (x_all[budget.select], y_all[budget.select]) if len(budget.select) else None
             for arm in ARMS:
-                seed_everything(seed)  # same random layers/head draw for both arms ...
-                encoder = StackedEncoder(input_dim, cfg.layers, cfg.activation)
-                if arm == "greedy":  # ... then the pretrained layers replace the random ones
-                    encoder.load_state_dict(greedy.encoder.state_dict())  # copies
-                net = DeepClassifier(encoder, n_classes)
+                net = build_arm(arm, greedy.encoder, cfg, input_dim, n_classes, seed)
                 label = f"{arm}-f{fraction:g}-s{seed}"
                 tags = {
                     "adaptflow.arm": arm,
                     "adaptflow.fraction": f"{fraction:g}",
                     "adaptflow.seed": str(seed),
+                    "adaptflow.selection_protocol": protocol(cfg),
                 }
                 with runs.run(f"pretrain/{label}", tags=tags):
                     runs.log_params(
-                        {"arm": arm, "fraction": fraction, "seed": seed, "n_labels": len(lab)}
+                        {
+                            "arm": arm,
+                            "fraction": fraction,
+                            "seed": seed,
+                            "label_budget": budget.allowed,
+                            "n_fit": len(budget.fit),
+                            "n_select": len(budget.select),
+                        }
                     )
 
                     def on_epoch(epoch: int, m: dict[str, float]) -> None:
@@ -205,48 +429,48 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
 
                     model, history = fine_tune(
                         net,
-                        x_tr[lab],
-                        y_tr[lab],
-                        x_val,
-                        y_val,
+                        x_all[budget.fit],
+                        y_all[budget.fit],
                         cfg,
                         ctx.device,
                         seed,
                         ctx.progress,
-                        on_epoch,
+                        select=select,
+                        monitor=monitor,
+                        on_epoch_end=on_epoch,
                         desc=label,
                     )
-                    curve = history.series("val_acc")
+                    curve = history.series("monitor_acc")
+                    reached = epochs_to_reach(curve, cfg.convergence_level, n_classes)
                     rec = {
                         "arm": arm,
                         "fraction": fraction,
                         "seed": seed,
-                        "n_labels": len(lab),
+                        "n_labels": len(budget.used),
                         "test_acc": model.accuracy(x_te, y_te, ctx.device),
-                        "epoch1_val_acc": curve[0],
-                        "epochs_to_level": epochs_to_reach(curve, cfg.convergence_level),
+                        "epoch1_acc": curve[0],
+                        "epochs_to_level": math.nan if reached is None else float(reached),
                         "finetune_seconds": history.seconds,
-                        "pretrain_seconds": pretrain_seconds[-1] if arm == "greedy" else 0.0,
                     }
                     runs.log_metrics(
                         {
                             f"pretrain/{k}": v
                             for k, v in rec.items()
-                            if isinstance(v, float | int) and k not in ("fraction", "seed")
+                            if isinstance(v, float | int)
+                            and k not in ("fraction", "seed")
+                            and math.isfinite(v)
                         }
                     )
-                    if (
-                        arm == "greedy"
-                        and fraction == cfg.label_fractions[-1]
-                        and seed == cfg.seeds[0]
-                    ):
-                        outcome.model_uri = log_torch_model(model.net, x_te[:4])
+                    if arm == "greedy" and fraction == f_gate and seed == s_gate:
+                        gate_acc = model.accuracy(x_all[gate_idx], y_all[gate_idx], ctx.device)
+                        runs.log_metrics({"pretrain/gate_val_acc": gate_acc})
+                        outcome.model_uri = log_torch_model(model.net, x_all[gate_idx[:4]])
                 records.append(rec)
                 curves.setdefault((fraction, arm), []).append(curve)
 
     df, agg = summarise(records)
-    claims = verdicts(agg, cfg)
-    text = report(agg, claims, cfg, cfg.dataset, len(x_tr), float(np.mean(pretrain_seconds)))
+    claims = verdicts(df, cfg)
+    text = report(df, agg, claims, cfg, cfg.dataset, plan, float(np.mean(pretrain_seconds)))
     runs.log_text(text, "pretrain/verdict.md")
     runs.log_text(df.to_csv(index=False), "pretrain/runs.csv")
     runs.log_text(agg.to_csv(), "pretrain/summary.csv")
@@ -256,20 +480,26 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
         f"{100 * f:g}% labels": {arm: np.mean(curves[(f, arm)], axis=0).tolist() for arm in ARMS}
         for f in cfg.label_fractions
     }
-    runs.log_figure(plots.curve_panels(panels), "pretrain/val_acc_curves.png")
+    runs.log_figure(plots.curve_panels(panels), "pretrain/monitor_acc_curves.png")
     summary = {}
     for (f, arm), r in agg.iterrows():
         summary[f"pretrain/{arm}/f{f:g}/test_acc_mean"] = r.test_acc_mean
         summary[f"pretrain/{arm}/f{f:g}/test_acc_std"] = r.test_acc_std
-    for f in cfg.label_fractions:
-        summary[f"pretrain/f{f:g}/gain"] = (
-            agg.loc[(f, "greedy"), "test_acc_mean"] - agg.loc[(f, "random"), "test_acc_mean"]
-        )
-    summary["pretrain/test_acc"] = agg.loc[(cfg.label_fractions[-1], "greedy"), "test_acc_mean"]
+    for f, res in gains(df).items():
+        summary[f"pretrain/f{f:g}/gain"] = res.mean_diff
+        summary[f"pretrain/f{f:g}/gain_se"] = res.se
+    summary["pretrain/test_acc"] = agg.loc[(f_gate, "greedy"), "test_acc_mean"]
     summary["pretrain/pretrain_seconds"] = float(np.mean(pretrain_seconds))
     summary["pretrain/claims_holding"] = sum(v == "holds" for _, _, v in claims)
+    summary["pretrain/gate_val_acc"] = gate_acc
+    summary = {k: float(v) for k, v in summary.items() if math.isfinite(v)}  # no NaN std/SE
     runs.log_metrics(summary)
     outcome.metrics = summary
+    outcome.gate_context = {
+        "dataset_digest": prepared.digest,
+        "input_shape": "x".join(str(d) for d in x_all.shape[1:]),
+        "val_split": short_hash(gate_idx),
+    }
     return outcome
 
 
@@ -279,6 +509,7 @@ STAGE = STAGES.register("pretrain")(
         datasets=lambda p: [p.pretrain.dataset],
         run=run,
         headline=("pretrain/test_acc", "pretrain/claims_holding"),
-        selection="fine-tuning epoch with the lowest validation loss; same for both arms",
+        selection=SELECTION,
+        gate=Gate("pretrain/gate_val_acc", higher_is_better=True),
     )
 )

@@ -41,26 +41,54 @@ class FineTuner(OneOptimizerMethod):
 
 def fine_tune(
     net: DeepClassifier,
-    x,
-    y,
-    x_val,
-    y_val,
+    x: np.ndarray,
+    y: np.ndarray,
     settings,
     device,
     seed: int,
-    progress: bool,
+    progress: bool = False,
+    *,
+    select: tuple[np.ndarray, np.ndarray] | None = None,
+    monitor: tuple[np.ndarray, np.ndarray] | None = None,
     on_epoch_end=None,
     desc: str = "fine-tune",
 ) -> tuple[FineTuner, History]:
-    """End-to-end training with labels; the same optimiser and epochs for every arm."""
+    """End-to-end training with labels; the same optimiser and epochs for every arm.
+
+    `select`: labelled images inside the run's label budget; the epoch with the lowest loss on
+    them is kept (`settings.patience` may stop early). None: a fixed budget of `settings.epochs`,
+    the last epoch is kept, nothing is selected. `monitor`: labelled images evaluated after every
+    epoch (`monitor_loss`, `monitor_acc` in the history, for curves); they never select: they are
+    not the trainer's validation set and are added only after the trainer's epoch bookkeeping.
+    """
     model = FineTuner(net)
+    extra = {} if select is not None else {"patience": None}
     trainer = Trainer.from_settings(
-        settings, device, progress=progress, on_epoch_end=on_epoch_end, desc=desc
+        settings,
+        device,
+        progress=progress,
+        on_epoch_end=None,
+        desc=desc,
+        restore_best=select is not None,
+        **extra,
     )
+    monitor_loader = (
+        array_loader(*monitor, batch_size=1000, shuffle=False) if monitor is not None else None
+    )
+
+    def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if monitor_loader is not None:  # the same dict the history holds: curves land there
+            metrics.update(
+                {f"monitor_{k}": v for k, v in trainer.evaluate(model, monitor_loader).items()}
+            )
+        if on_epoch_end:
+            on_epoch_end(epoch, metrics)
+
+    trainer.on_epoch_end = after_epoch
     history = trainer.fit(
         model,
         array_loader(x, y, batch_size=settings.batch_size, shuffle=True, seed=seed),
-        array_loader(x_val, y_val, batch_size=1000, shuffle=False),
+        array_loader(*select, batch_size=1000, shuffle=False) if select is not None else None,
         optimizers=[
             torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         ],

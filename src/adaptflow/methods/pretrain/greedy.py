@@ -26,6 +26,7 @@ class GreedyResult:
     layer_losses: list[list[float]] = field(default_factory=list)  # per layer, per epoch
     layer_seconds: list[float] = field(default_factory=list)
     input_shapes: list[tuple[int, ...]] = field(default_factory=list)  # what layer k was fed
+    layers: list[torch.nn.Module] = field(default_factory=list)  # the trained one-layer models
 
 
 @torch.no_grad()
@@ -52,10 +53,12 @@ def greedy_pretrain(
     seed: int,
     progress: bool = False,
     on_layer_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    on_layer_input: Callable[[int, np.ndarray], None] | None = None,
 ) -> GreedyResult:
     """Train layers one at a time on unlabeled x; returns the stacked (pretrained) encoder.
 
     `settings` needs epochs, batch_size, lr (the pretraining budget of *each* layer).
+    `on_layer_input(k, h)` sees the exact array layer k (0-based) is trained on.
     """
     input_dim = int(np.prod(x.shape[1:]))
     encoder = StackedEncoder(input_dim, layers, activation)
@@ -67,6 +70,8 @@ def greedy_pretrain(
     for k in range(len(layers)):
         t0 = time.perf_counter()
         result.input_shapes.append(h.shape)
+        if on_layer_input:
+            on_layer_input(k, h)
         torch.manual_seed(seed * 1000 + k)
         # layer 1 reads images in [0, 1]; above it, sigmoid codes are in (0, 1) as well
         bounded = k == 0 or activation == "sigmoid"
@@ -87,6 +92,7 @@ def greedy_pretrain(
             optimizers=[torch.optim.Adam(layer.parameters(), lr=settings.lr)],
         )
         encoder.load_layer(k, *layer.weights())
+        result.layers.append(layer.eval())
         result.layer_losses.append(history.series("mse"))
         h = codes(encoder, flat, k + 1, device)  # feed layer k+1 the new codes
         result.layer_seconds.append(time.perf_counter() - t0)
