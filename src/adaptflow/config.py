@@ -158,8 +158,33 @@ class AEStageConfig(TrainSettings):
         ge=0,
         description="held out of a second training run; AUROC of its recon error. null: skip",
     )
-    eval_sigma: float = Field(0.3, gt=0, le=2, description="Gaussian noise for the denoising PSNR")
-    eval_mask_p: float = Field(0.3, gt=0, lt=1, description="masking noise for the denoising PSNR")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="training seeds; every claim is paired over them (first: figures, anomaly)",
+    )
+    gate_margin: float = Field(
+        0.0, ge=0, description="validation MSE a new model must beat the champion by"
+    )
+    eval_sigmas: list[Annotated[float, Field(gt=0, le=2)]] = Field(
+        default_factory=lambda: [0.1, 0.3, 0.5], min_length=1, description="Gaussian noise grid"
+    )
+    eval_mask_ps: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.1, 0.3, 0.5], min_length=1, description="masking noise grid"
+    )
+    sparse_lambdas: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [1.0, 10.0],
+        description="extra lambdas of the sparse AE's MSE-vs-activation plot (first seed, arch)",
+    )
+    sparse_mse_factor: float = Field(
+        2.5, gt=1, description="claim: the sparse AE's test MSE is within this factor of the AE's"
+    )
+    classifier_epochs: int = Field(
+        8, ge=1, description="reference digit classifier that scores generated images"
+    )
+    gen_samples: int = Field(1000, ge=64, description="generated images scored per method")
+    interp_pairs: int = Field(200, ge=1, description="test pairs of different classes")
+    interp_steps: int = Field(9, ge=3, description="points per interpolation path (with ends)")
     iw_samples: int = Field(200, ge=100, le=10_000, description="k of the importance-weighted NLL")
     iw_images: int = Field(500, ge=10, description="test images used for the VAE NLL")
     tsne_points: int = Field(500, ge=0, description="test codes in the t-SNE plot (0: no plot)")
@@ -167,6 +192,13 @@ class AEStageConfig(TrainSettings):
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-method options, validated by the method's Config"
     )
+
+    @field_validator("seeds", "eval_sigmas", "eval_mask_ps", "sparse_lambdas")
+    @classmethod
+    def _unique_sorted(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("values are listed twice")
+        return sorted(v)
 
     @field_validator("methods")
     @classmethod

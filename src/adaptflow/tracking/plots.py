@@ -9,18 +9,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _tile(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
+    """Images (N, C, H, W) in [0, 1] as one (rows*(H+pad), cols*(W+pad)[, C]) montage array."""
+    n, c, h, w = images.shape
+    rows = int(np.ceil(n / cols))
+    out = np.ones((rows * (h + pad), cols * (w + pad), c), np.float32)
+    for i, img in enumerate(images):
+        r, k = divmod(i, cols)
+        out[r * (h + pad) : r * (h + pad) + h, k * (w + pad) : k * (w + pad) + w] = img.transpose(
+            1, 2, 0
+        )
+    return out.squeeze(-1) if c == 1 else out
+
+
 def image_rows(rows: dict[str, np.ndarray], n: int = 10, title: str = ""):
-    """One row of n images per entry (e.g. input / pca / ae) for a side-by-side comparison."""
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0 + 0.4), squeeze=False)
-    for r, (label, imgs) in enumerate(rows.items()):
-        for c in range(n):
-            ax = axes[r, c]
-            ax.imshow(imgs[c].transpose(1, 2, 0).squeeze(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
+    """One row of n images per entry (e.g. input / pca / ae) for a side-by-side comparison.
+    Drawn as a single montage (one axes, not one per image: fast for many rows)."""
+    stack = np.concatenate([np.asarray(imgs[:n], np.float32) for imgs in rows.values()])
+    h = stack.shape[2] + 1
+    fig, ax = plt.subplots(figsize=(n * 0.9 + 1.5, len(rows) * 0.9 + 0.5))
+    ax.imshow(_tile(stack, n), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([h * i + h / 2 - 1 for i in range(len(rows))], list(rows), fontsize=8)
     if title:
-        fig.suptitle(title)
+        ax.set_title(title)
     fig.tight_layout()
     return fig
 
@@ -40,15 +52,13 @@ def curves(
 
 
 def image_grid(images: np.ndarray, cols: int = 8, title: str = ""):
-    """A cols-wide grid of images (N, C, H, W) in [0, 1]."""
+    """A cols-wide grid of images (N, C, H, W) in [0, 1], drawn as one montage."""
     rows = int(np.ceil(len(images) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(images):
-            ax.imshow(images[i].transpose(1, 2, 0).squeeze(), cmap="gray", vmin=0, vmax=1)
+    fig, ax = plt.subplots(figsize=(cols * 0.8, rows * 0.8 + 0.4))
+    ax.imshow(_tile(np.asarray(images, np.float32), cols), cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
     if title:
-        fig.suptitle(title)
+        ax.set_title(title)
     fig.tight_layout()
     return fig
 
@@ -78,5 +88,46 @@ def curve_panels(panels: dict[str, dict[str, list[float]]], xlabel: str = "epoch
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def metric_vs_level(panels: dict[str, dict[str, tuple]], ylabel: str):
+    """One subplot per entry; each series (levels, means, stds) drawn with ±std error bars
+    (e.g. PSNR against the noise level, mean ± std over seeds)."""
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    for ax, (name, series) in zip(axes[0], panels.items(), strict=True):
+        for label, (xs, means, stds) in series.items():
+            style = {"ls": "--", "color": "gray"} if label == "noisy input" else {}
+            ax.errorbar(xs, means, yerr=stds, marker="o", ms=3, capsize=2, label=label, **style)
+        ax.set_title(name)
+        ax.set_xlabel("noise level")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sparsity_tradeoff(points: list[dict[str, float]], rho: float):
+    """Sparse AE: test MSE against mean code activation, one point per lambda (annotated)."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    act = [p["test_mean_activation"] for p in points]
+    err = [p["test_mse"] for p in points]
+    ax.plot(act, err, marker="o")
+    for p, a, e in zip(points, act, err, strict=True):
+        ax.annotate(
+            f"λ={p['lam']:g}\n{p['test_unit_band_fraction']:.0%} in band",
+            (a, e),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(4, 4),
+        )
+    ax.axvline(rho, color="gray", ls="--", label=f"ρ = {rho:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean code activation (test)")
+    ax.set_ylabel("test MSE")
+    ax.set_title("sparse AE: reconstruction vs sparsity")
+    ax.legend()
     fig.tight_layout()
     return fig
