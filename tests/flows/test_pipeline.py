@@ -22,7 +22,8 @@ SMOKE = [
     "profile=smoke",
     "ae.max_train=300",
     "ae.epochs=1",
-    "ae.methods=[pca, ae, vae]",
+    "ae.methods=[pca, ae]",  # the VAE's bounds are tested in tests/losses, its stage path slow
+    "ae.anomaly_digit=null",
     "ae.archs=[mlp]",
     "ae.seeds=[0]",  # one seed: verdicts say "not enough seeds"; the paired path has unit tests
     "pretrain.max_train=300",
@@ -87,7 +88,6 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
     mean_image_mse = mse(x_te, data["x_train"].mean(axis=0, keepdims=True))
     assert m["ae/pca/test_mse"] < 0.5 * mean_image_mse
     assert m["ae/test_mse"] < mean_image_mse
-    assert m["ae/vae-mlp/test_nll_iw"] <= m["ae/vae-mlp/test_neg_elbo"]  # IWAE bound is tighter
     assert parent.data.metrics["ae/test_mse"] == m["ae/test_mse"]
     assert (
         parent.data.metrics["pretrain/test_acc"]
@@ -103,7 +103,7 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
 
     # one nested run per method (and seed) below the ae stage run; figures on the stage run
     methods = {r.data.tags["adaptflow.method"] for r in children(client, exp_id, ae.info.run_id)}
-    assert {"pca", "ae", "vae"} <= methods
+    assert methods == {"pca", "ae"}
     artifacts = {a.path for a in client.list_artifacts(ae.info.run_id, "ae")}
     assert {"ae/comparison.md", "ae/reconstructions.png", "ae/loss_curves.png"} <= artifacts
     table = open(client.download_artifacts(parent.info.run_id, "ae/comparison.md")).read()
@@ -187,7 +187,7 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
 
     # a far better value on other data is not comparable: v3 stays a challenger
     monkeypatch.setitem(STAGES._items, "ae", type(spec)(**{**spec.__dict__, "run": better}))
-    other = run_pipeline([*SMOKE, "ae.dataset=digits"], stages=["ae"])["ae"]
+    other = run_pipeline([*SMOKE, "ae.dataset=digits", "ae.methods=[ae]"], stages=["ae"])["ae"]
     assert (other["model_version"], other["model_decision"]) == ("3", "challenger")
     v3 = version_tags(client, "adaptflow-smoke-ae")["3"]
     assert v3["gate.reason"].startswith("not comparable: different dataset_digest")
