@@ -86,12 +86,9 @@ def pipeline_flow(
 
 def _check_against_data(params, chosen: list[str]) -> None:
     """Params that contradict the prepared data (raises adaptflow.config.ParamsError)."""
-    import importlib
-    import importlib.util
+    from adaptflow.stages.validate import check_against_data
 
-    if importlib.util.find_spec("adaptflow.stages.validate") is None:
-        return  # TODO: drop once stages/validate.py (another engineer's) has landed
-    importlib.import_module("adaptflow.stages.validate").check_against_data(params, chosen)
+    check_against_data(params, chosen)
 
 
 if __name__ == "__main__":

@@ -214,3 +214,11 @@ def test_failing_stage_ends_failed_with_error_tag(smoke_project, monkeypatch):
 def test_missing_data_names_the_fix(project, harness):
     with pytest.raises(Exception, match="make data"):
         run_pipeline(SMOKE)
+
+
+def test_params_contradicting_the_data_stop_before_any_run(smoke_project):
+    from adaptflow.config import ParamsError
+
+    with pytest.raises(ParamsError, match="anomaly_digit"):
+        run_pipeline([*SMOKE, "ae.anomaly_digit=12"])  # mnist has 10 classes
+    assert not (smoke_project / "mlruns").exists()  # no store, so no run was created
