@@ -6,7 +6,12 @@ import math
 
 import pytest
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    PERMISSION_DENIED,
+    RESOURCE_DOES_NOT_EXIST,
+    TEMPORARILY_UNAVAILABLE,
+)
 from mlflow.tracking import MlflowClient
 
 from adaptflow.config import load_params
@@ -105,20 +110,26 @@ def test_margin_is_read_from_the_stage_params(project, monkeypatch):
     assert "margin 0.05" in second.model_decision_reason
 
 
+@pytest.mark.parametrize(
+    "code",
+    # INVALID_PARAMETER_VALUE is what a missing *alias* raises, but also a malformed request:
+    # from get_registered_model it is an error, never "no champion"
+    [PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE, INVALID_PARAMETER_VALUE],
+)
 def test_missing_registered_model_means_no_champion_but_other_errors_propagate(
-    project, monkeypatch
+    project, monkeypatch, code
 ):
     configure(".", "x")
     assert models.champion("never-registered") is None  # RESOURCE_DOES_NOT_EXIST
 
     def down(self, name):
-        raise MlflowException("permission denied", PERMISSION_DENIED)
+        raise MlflowException("registry refused", code)
 
     toy_stage(monkeypatch, [0.1])
     params = load_params("params.yaml")
     exp = configure(".", params.experiment)
     monkeypatch.setattr(MlflowClient, "get_registered_model", down)
-    with pytest.raises(MlflowException, match="permission denied"):
+    with pytest.raises(MlflowException, match="registry refused"):
         execute("ae", params, context(project, exp))
     monkeypatch.undo()
     assert versions(MlflowClient()) == {}  # nothing registered without a decision
