@@ -50,8 +50,8 @@ SELECTION = (
     "fixed epochs, last epoch kept, no selection; budget_split = lowest loss on a stratified part "
     "of the labelled subset. Training + selection labels <= floor(f*N) at fraction f. A labelled "
     "monitor split outside the f<1 budgets only draws accuracy curves; registry gate = the "
-    "registered (greedy, f=1, first seed) model's monitor accuracy, inside its f=1 budget; test "
-    "data selects nothing"
+    "registered (greedy, largest f, first seed) model's accuracy on validation labels inside its "
+    "budget (the monitor at f=1, else its selection split); test data selects nothing"
 )
 
 
