@@ -124,7 +124,7 @@ def sparsity_tradeoff(points: list[dict[str, float]], rho: float):
             xytext=(4, 4),
         )
     ax.axvline(rho, color="gray", ls="--", label=f"ρ = {rho:g}")
-    ax.set_xscale("log")
+    ax.margins(0.15)
     ax.set_xlabel("mean code activation (test)")
     ax.set_ylabel("test MSE")
     ax.set_title("sparse AE: reconstruction vs sparsity")
