@@ -24,6 +24,16 @@ def test_consistent_gain_holds_and_reversed_gain_fails():
     assert paired_verdict([0.70, 0.71, 0.69], [0.80, 0.82, 0.81]).verdict == FAILS
 
 
+def test_three_seeds_need_the_t_interval_not_two_standard_errors():
+    # gains +0.10, +0.02, +0.06: mean 0.06, SE 0.0231 -> 2 SE = 0.046 (would "hold"),
+    # t(0.975, 2) * SE = 4.303 * 0.0231 = 0.099 > 0.06: not shown
+    r = paired_verdict([0.80, 0.72, 0.76], [0.70, 0.70, 0.70])
+    assert r.se == pytest.approx(0.02309, abs=1e-4)
+    assert r.half_width == pytest.approx(4.3027 * r.se, rel=1e-3)
+    assert r.verdict == NOISE
+    assert "95 % CI, 3 seeds" in r.describe()
+
+
 def test_gain_smaller_than_its_spread_is_noise():
     # mean gain +0.01, but the per-seed gains are +0.10, -0.08, +0.01: SE ~ 0.052
     r = paired_verdict([0.80, 0.62, 0.71], [0.70, 0.70, 0.70])
