@@ -110,3 +110,20 @@ def test_a_hit_whose_artifacts_or_model_are_gone_recomputes(project, monkeypatch
     assert not fourth.cache_hit and len(calls) == 4
     assert "was deleted" in client.get_run(fourth.run_id).data.tags[TAG_MISS]
     assert execute("ae", params, context(project, exp)).cache_hit  # intact again: a hit
+
+
+def test_a_hit_reports_the_registry_as_it_is_now(project, monkeypatch):
+    """v1 was champion when computed; another config's v2 took the alias since: a hit of v1 must
+    not replay the stale "champion" decision."""
+    calls = toy_stage(monkeypatch, [0.2, 0.1])
+    params = load_params("params.yaml")
+    exp = configure(".", params.experiment)
+    first = execute("ae", params, context(project, exp))
+    other = execute("ae", load_params("params.yaml", ["ae.lr=0.002"]), context(project, exp))
+    assert (first.model_decision, other.model_decision) == ("champion", "champion")
+    hit = execute("ae", params, context(project, exp))
+    assert hit.cache_hit and len(calls) == 2 and hit.model_version == "1"
+    assert hit.model_decision == "challenger (champion moved to v2)"
+    assert "at registration: no champion" in hit.model_decision_reason
+    tags = MlflowClient().get_run(hit.run_id).data.tags
+    assert tags["adaptflow.model_decision"] == hit.model_decision

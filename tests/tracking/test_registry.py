@@ -55,6 +55,20 @@ def test_a_better_value_on_other_data_is_not_comparable(key):
     assert got.reason.startswith(f"not comparable: different {key}")
 
 
+def test_model_interface_must_match_and_be_known():
+    other = decide(METRIC, 0.01, False, 0.0, CONTEXT, champ(0.10, model="ae-mlp-code16"))
+    assert other.decision == CHALLENGER
+    assert other.reason.startswith("not comparable: different model")
+    _, old_tags = champ(0.10)
+    del old_tags["gate.model"]  # a version registered before the key existed
+    old = decide(METRIC, 0.01, False, 0.0, CONTEXT, ("3", old_tags))
+    assert old.decision == CHALLENGER
+    assert old.reason.startswith("not comparable: model interface unknown")
+    ours = {k: v for k, v in CONTEXT.items() if k != "model"}  # a stage that does not declare it
+    assert decide(METRIC, 0.01, False, 0.0, ours, champ(0.10)).decision == CHALLENGER
+    assert decide(METRIC, 0.01, False, 0.0, CONTEXT, champ(0.10)).decision == CHAMPION
+
+
 def test_no_champion_or_an_ungated_one_gives_the_alias():
     assert decide(METRIC, 5.0, False, 0.0, CONTEXT, None).decision == CHAMPION
     legacy = decide(METRIC, 5.0, False, 0.0, CONTEXT, ("1", {}))  # registered before the gate
@@ -100,6 +114,19 @@ def test_execute_registers_through_the_gate(project, monkeypatch):
     assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == "3"
 
 
+@pytest.mark.parametrize("dropped", [METRIC, "ae/test_mse"])
+def test_a_missing_gate_or_headline_metric_is_never_registered(project, monkeypatch, dropped):
+    """A stage summary may drop a non-finite value: absence is a failure, not a pass."""
+    metrics = {METRIC: 0.1, "ae/test_mse": 0.1}
+    del metrics[dropped]
+    toy_stage(monkeypatch, [metrics])
+    params = load_params("params.yaml")
+    out = execute("ae", params, context(project, configure(".", params.experiment)))
+    assert (out.model_version, out.model_decision) == (None, "not registered")
+    assert f"'{dropped}': 'missing'" in out.model_decision_reason
+    assert versions(MlflowClient()) == {}
+
+
 def test_margin_is_read_from_the_stage_params(project, monkeypatch):
     toy_stage(monkeypatch, [0.10, 0.09])
     params = load_params("params.yaml", ["ae.gate_margin=0.05"])
@@ -135,17 +162,35 @@ def test_missing_registered_model_means_no_champion_but_other_errors_propagate(
     assert versions(MlflowClient()) == {}  # nothing registered without a decision
 
 
-def test_a_model_whose_alias_was_removed_gets_a_new_champion(project, monkeypatch):
-    """The alias is gone but the model exists: mlflow raises INVALID_PARAMETER_VALUE for that in
-    get_model_version_by_alias, so champion() must not rely on it."""
-    toy_stage(monkeypatch, [0.10, 0.30])
+def test_without_an_alias_a_new_version_must_beat_the_best_comparable_gated_one(
+    project, monkeypatch
+):
+    """The alias is gone but gated versions exist: a new version is compared with the best of
+    them (same context), not handed the alias. (mlflow raises INVALID_PARAMETER_VALUE for a
+    missing alias in get_model_version_by_alias, so champion() reads the model's aliases.)"""
+    other = CONTEXT | {"val_split": "v9"}
+    toy_stage(monkeypatch, [0.20, 0.10, 0.30, 0.15, 0.50], [CONTEXT] * 4 + [other])
     params = load_params("params.yaml")
     exp = configure(".", params.experiment)
-    execute("ae", params, context(project, exp))
-    MlflowClient().delete_registered_model_alias(NAME, CHAMPION)
-    assert models.champion(NAME) is None
-    second = execute("ae", params, context(project, exp, force=True))
-    assert (second.model_version, second.model_decision) == ("2", CHAMPION)
+    client = MlflowClient()
+    got = []
+    for i in range(5):
+        if i in (2, 3, 4):
+            client.delete_registered_model_alias(NAME, CHAMPION)
+            assert models.champion(NAME) is None
+        out = execute("ae", params, context(project, exp, force=True))
+        got.append((out.model_version, out.model_decision))
+    assert got == [
+        ("1", CHAMPION),
+        ("2", CHAMPION),  # 0.10 beats 0.20
+        ("3", CHALLENGER),  # no alias; worse than the best gated v2 (0.10)
+        ("4", CHALLENGER),  # no alias; 0.15 beats v1 and v3 but not v2
+        ("5", CHAMPION),  # no alias and nothing comparable on its split
+    ]
+    tags = versions(client)
+    assert tags["3"]["gate.champion_version"] == "2" and tags["4"]["gate.champion_version"] == "2"
+    assert tags["3"]["gate.reason"].startswith("no champion alias; compared with the best")
+    assert tags["5"]["gate.champion_version"] == "none"
 
 
 def test_is_missing_only_for_not_found_codes():

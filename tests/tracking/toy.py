@@ -10,7 +10,12 @@ from adaptflow.models.factory import NetSpec
 from adaptflow.stages.base import STAGES, Gate, StageContext, StageOutcome, StageSpec
 
 METRIC = "ae/gate_val_mse"
-CONTEXT = {"dataset_digest": "d0", "input_shape": "1x28x28", "val_split": "v0"}
+CONTEXT = {
+    "dataset_digest": "d0",
+    "input_shape": "1x28x28",
+    "val_split": "v0",
+    "model": "toy-ae",
+}
 
 
 def tiny_ae(seed: int = 0):
@@ -18,7 +23,9 @@ def tiny_ae(seed: int = 0):
     return AE_METHODS.get("ae")(NetSpec((1, 28, 28), hidden=(8,), code_size=2))
 
 
-def toy_stage(monkeypatch, values: list[float], contexts: list[dict] | None = None) -> list[int]:
+def toy_stage(
+    monkeypatch, values: list[float | dict], contexts: list[dict] | None = None
+) -> list[int]:
     """Replace stage `ae` by one that logs an artifact and a tiny model and reports the next of
     `values` as its gate metric (and the next of `contexts`). Returns a list counting its runs."""
     from adaptflow.tracking import runs
@@ -32,7 +39,8 @@ def toy_stage(monkeypatch, values: list[float], contexts: list[dict] | None = No
         runs.log_text(f"report {i}", "ae/report.md")
         uri = log_torch_model(tiny_ae(i), np.zeros((2, 1, 28, 28), np.float32))
         ctx_i = (contexts or [CONTEXT] * len(values))[i]
-        metrics = {METRIC: values[i], "ae/test_mse": values[i]}
+        v = values[i]  # a dict: the stage's metrics as they are (e.g. one of them dropped)
+        metrics = dict(v) if isinstance(v, dict) else {METRIC: v, "ae/test_mse": v}
         runs.log_metrics(metrics)
         return StageOutcome(
             model_name=params.model_name("ae"),

@@ -52,6 +52,9 @@ class StageSpec:
     headline: tuple[str, ...] = ()  # metric keys the CLI summary shows
     selection: str = ""  # how models are selected (logged on every run: the protocol matters)
     gate: Gate | None = None  # None: the stage registers no model
+    # headline keys that may legitimately be absent (e.g. a method left out of the config);
+    # any other headline key, and the gate metric, must be present AND finite to register
+    optional_metrics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,7 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
             log.info("stage %s: cache hit (run %s), nothing to compute", name, cached.info.run_id)
             runs.replay_cached(cached)
             t = cached.data.tags
-            return StageOutcome(
+            hit = StageOutcome(
                 name,
                 active.info.run_id,
                 key,
@@ -210,6 +213,8 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
                 model_decision=t.get(runs.TAG_DECISION),
                 model_decision_reason=t.get(runs.TAG_REASON),
             )
+            _refresh_decision(hit)
+            return hit
         runs.log_params(params.stage(name).model_dump(mode="json"), prefix=name)
         runs.log_params({"seed": params.seed, "device": str(ctx.device), "profile": params.profile})
         for ds_name, prepared in data.items():
@@ -223,9 +228,35 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
             )
         outcome = spec.run(params, ctx, data)
         outcome.stage, outcome.run_id, outcome.cache_key = name, active.info.run_id, key
-        _gate(spec, params, outcome)
         runs.record_artifacts()
+        _gate(spec, params, outcome)  # the last step: nothing after it can fail a champion
         return outcome
+
+
+def _refresh_decision(hit: StageOutcome) -> None:
+    """A cache hit reports the registry as it is NOW, not the decision made when the cached run
+    registered its version (the alias may have moved to a later version since)."""
+    from adaptflow.tracking import runs
+    from adaptflow.tracking.models import CHALLENGER, CHAMPION, champion
+
+    if not (hit.model_name and hit.model_version):
+        return
+    current = champion(hit.model_name)
+    now = None if current is None else str(current.version)
+    if now == hit.model_version:
+        if hit.model_decision != CHAMPION:
+            hit.model_decision = CHAMPION
+            hit.model_decision_reason = f"champion now (was {hit.model_decision_reason})"
+    elif hit.model_decision == CHAMPION or now is not None:
+        moved = "no champion now" if now is None else f"champion moved to v{now}"
+        hit.model_decision = f"{CHALLENGER} ({moved})"
+        hit.model_decision_reason = (
+            f"cache hit of v{hit.model_version}, {moved}; at registration: "
+            f"{hit.model_decision_reason}"
+        )
+    runs.set_model_tags(
+        hit.model_name, hit.model_version, hit.model_decision, hit.model_decision_reason
+    )
 
 
 def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
@@ -235,7 +266,7 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
     without a gate registers nothing (its logged model stays a plain run artifact).
     """
     from adaptflow.tracking import runs
-    from adaptflow.tracking.models import NOT_REGISTERED, register_gated
+    from adaptflow.tracking.models import CHAMPION, NOT_REGISTERED, register_gated, set_champion
 
     if not outcome.model_uri:
         return
@@ -245,41 +276,47 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
     metric = spec.gate.metric
     if "test" in metric.split("/")[-1]:  # selection on test data would leak into every verdict
         raise ValueError(f"stage {spec.name}: gate metric {metric!r} is a test metric")
-    if metric not in outcome.metrics:
-        raise KeyError(f"stage {spec.name}: gate metric {metric!r} is not among its metrics")
     outcome.model_name = outcome.model_name or params.model_name(spec.name)
+    required = [metric, *(k for k in spec.headline if k not in spec.optional_metrics)]
+    # a missing metric is a failure too: a stage's summary may drop a non-finite value
     bad = {
-        k: outcome.metrics[k]
-        for k in (metric, *spec.headline)
-        if k in outcome.metrics and not math.isfinite(outcome.metrics[k])
+        k: outcome.metrics.get(k, "missing")
+        for k in required
+        if k not in outcome.metrics or not math.isfinite(outcome.metrics[k])
     }
     if bad:
         outcome.model_decision = NOT_REGISTERED
-        outcome.model_decision_reason = f"non-finite metrics {bad}"
+        outcome.model_decision_reason = f"non-finite or missing metrics {bad}"
         log.warning("stage %s: %s, model not registered", spec.name, outcome.model_decision_reason)
-    else:
-        reg = register_gated(
-            outcome.model_uri,
-            outcome.model_name,
-            metric,
-            float(outcome.metrics[metric]),
-            spec.gate.higher_is_better,
-            float(getattr(params.stage(spec.name), "gate_margin", 0.0)),
-            outcome.gate_context,
+        runs.set_model_tags(
+            outcome.model_name, None, outcome.model_decision, outcome.model_decision_reason
         )
-        outcome.model_version = reg.version
-        outcome.model_decision, outcome.model_decision_reason = reg.decision, reg.reason
-        log.info(
-            "stage %s: %s v%s is %s: %s",
-            spec.name,
-            outcome.model_name,
-            reg.version,
-            reg.decision,
-            reg.reason,
-        )
+        return
+    reg = register_gated(
+        outcome.model_uri,
+        outcome.model_name,
+        metric,
+        float(outcome.metrics[metric]),
+        spec.gate.higher_is_better,
+        float(getattr(params.stage(spec.name), "gate_margin", 0.0)),
+        outcome.gate_context,
+        promote=False,
+    )
+    outcome.model_version = reg.version
+    outcome.model_decision, outcome.model_decision_reason = reg.decision, reg.reason
+    log.info(
+        "stage %s: %s v%s is %s: %s",
+        spec.name,
+        outcome.model_name,
+        reg.version,
+        reg.decision,
+        reg.reason,
+    )
     runs.set_model_tags(
         outcome.model_name,
         outcome.model_version,
         outcome.model_decision,
         outcome.model_decision_reason,
     )
+    if reg.decision == CHAMPION:  # the alias last: a failure above leaves no champion claim
+        set_champion(outcome.model_name, reg.version)

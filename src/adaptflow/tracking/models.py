@@ -2,8 +2,10 @@
 
 A new version becomes `champion` only when there is no champion yet, or when it beats the
 champion's gate value by more than the stage's margin, in the gate's direction, on the same
-dataset digest, input shape and validation split (the champion's `gate.*` tags). Otherwise it is
-a `challenger`, and the tags say why. Every decision is written as `gate.*` tags on the version.
+dataset digest, input shape, validation split and model interface (the champion's `gate.*`
+tags). With no alias (never set, or removed), the best comparable gated version takes the
+champion's place in that comparison. Otherwise it is a `challenger`, and the tags say why. Every
+decision is written as `gate.*` tags on the version.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ NOT_REGISTERED = "not registered"
 # modules). tests/tracking/test_models.py loads models in a fresh process and fails when
 # something they import is neither listed here nor pulled in by what is.
 RUNTIME_PACKAGES = ("torch", "numpy", "pydantic", "rich", "scikit-learn")
-CONTEXT_KEYS = ("dataset_digest", "input_shape", "val_split")  # what must match to compare
+CONTEXT_KEYS = ("dataset_digest", "input_shape", "val_split")  # required; must match to compare
+# the network interface the stage declares (e.g. "ae-mlp-code32"): compared when present; a
+# version without it (older versions, or a stage that does not declare it) is not comparable
+MODEL_KEY = "model"
 _MISSING = (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(NOT_FOUND))
 
 
@@ -124,7 +129,7 @@ def decide(
 ) -> GateDecision:
     """The gate: `current` is (version, tags) of the champion, or None when there is none."""
     if current is None:
-        return GateDecision(CHAMPION, "first gated version: no champion yet")
+        return GateDecision(CHAMPION, "no champion and no comparable gated version yet")
     version, tags = current
     if "gate.value" not in tags:  # registered before the gate existed: it never earned the alias
         return GateDecision(
@@ -139,7 +144,15 @@ def decide(
             version,
             champ_value,
         )
-    for key in CONTEXT_KEYS:
+    theirs, ours = tags.get(f"gate.{MODEL_KEY}"), context.get(MODEL_KEY)
+    if theirs is None or ours is None:
+        return GateDecision(
+            CHALLENGER,
+            f"not comparable: model interface unknown (v{version}: {theirs}, this: {ours})",
+            version,
+            champ_value,
+        )
+    for key in (*CONTEXT_KEYS, MODEL_KEY):
         theirs, ours = tags.get(f"gate.{key}"), context.get(key)
         if theirs != ours:
             return GateDecision(
@@ -181,12 +194,14 @@ def register_gated(
     higher_is_better: bool,
     margin: float,
     context: Mapping[str, str],
+    promote: bool = True,
 ) -> Registration:
     """Register `model_uri` as a new version of `name` and let the gate decide its alias.
 
     The champion is read BEFORE registering, so a registry error (permissions, server down)
     leaves no undecided version behind. `gate.decision` is the last tag written: a version
-    without it was interrupted mid-way and holds no decision.
+    without it was interrupted mid-way and holds no decision. The alias is set last, by
+    set_champion (here when `promote`, else by the caller once its own steps succeeded).
     """
     if not math.isfinite(value):
         raise ValueError(f"gate value {metric}={value} is not finite: never registered")
@@ -195,6 +210,10 @@ def register_gated(
         raise ValueError(f"gate context lacks {missing}: the version could never be compared")
     client = MlflowClient()
     current = champion(name, client)
+    via = ""
+    if current is None:  # no alias (yet, or removed): the best comparable gated version rules
+        current = best_gated(name, metric, higher_is_better, context, client)
+        via = "no champion alias; compared with the best comparable gated version: "
     gate = decide(
         metric,
         value,
@@ -212,15 +231,55 @@ def register_gated(
         "gate.margin": repr(float(margin)),
         "gate.champion_version": gate.champion_version or "none",
         "gate.champion_value": "none" if gate.champion_value is None else repr(gate.champion_value),
-        "gate.reason": gate.reason,
-        **{f"gate.{k}": str(context[k]) for k in CONTEXT_KEYS},
+        "gate.reason": via * (current is not None) + gate.reason,
+        **{f"gate.{k}": str(context[k]) for k in (*CONTEXT_KEYS, MODEL_KEY) if k in context},
     }
+    tags["gate.decision"] = gate.decision  # a version without it holds no decision
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
-    if gate.decision == CHAMPION:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "gate.decision", gate.decision)
-    return Registration(version, gate.decision, gate.reason)
+    if promote and gate.decision == CHAMPION:
+        set_champion(name, version, client)
+    return Registration(version, gate.decision, tags["gate.reason"])
+
+
+def set_champion(name: str, version: str, client: MlflowClient | None = None) -> None:
+    """Move the `champion` alias to `version` (the caller's last step, after every tag)."""
+    (client or MlflowClient()).set_registered_model_alias(name, CHAMPION, version)
+
+
+def best_gated(
+    name: str,
+    metric: str,
+    higher_is_better: bool,
+    context: Mapping[str, str],
+    client: MlflowClient | None = None,
+):
+    """The best decided version of `name` gated on `metric` in the same context, or None.
+
+    Used when `name` has no champion alias (never set, or removed by hand): a new version must
+    still beat what is already registered on the same data/shape/split/model, not take the
+    alias merely because the alias is gone."""
+    client = client or MlflowClient()
+    keys = (*CONTEXT_KEYS, MODEL_KEY)
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except MlflowException as e:
+        if is_missing(e):
+            return None
+        raise
+    same = [
+        v
+        for v in found
+        if v.tags.get("gate.decision") in (CHAMPION, CHALLENGER)
+        and v.tags.get("gate.metric") == metric
+        and context.get(MODEL_KEY) is not None
+        and all(v.tags.get(f"gate.{k}") == context.get(k) for k in keys)
+        and math.isfinite(float(v.tags.get("gate.value", "nan")))
+    ]
+    if not same:
+        return None
+    sign = 1.0 if higher_is_better else -1.0
+    return max(same, key=lambda v: (sign * float(v.tags["gate.value"]), -int(v.version)))
 
 
 def model_missing(model_uri: str) -> str | None:
