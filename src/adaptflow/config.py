@@ -179,6 +179,13 @@ class AEStageConfig(TrainSettings):
     sparse_mse_factor: float = Field(
         2.5, gt=1, description="claim: the sparse AE's test MSE is within this factor of the AE's"
     )
+    sparse_band_floor: float = Field(
+        0.9,
+        gt=0,
+        lt=1,
+        description="claim: the share of sparse code units with mean activation in [rho/2, 2 rho]"
+        " exceeds this on every seed (paired against the floor), with no dead unit",
+    )
     classifier_epochs: int = Field(
         8, ge=1, description="reference digit classifier that scores generated images"
     )
