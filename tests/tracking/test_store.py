@@ -47,6 +47,13 @@ def test_absolute_locations_made_here_become_relative_others_stay(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     exp_id = configure(".", "legacy")
     custom = mlflow.create_experiment("custom", artifact_location=str(tmp_path / "big-disk"))
+    theirs = tmp_path / "other-project" / "mlruns" / "artifacts"  # another store, same shape
+    foreign = {
+        mlflow.create_experiment("foreign-path", artifact_location=str(theirs)): str(theirs),
+        mlflow.create_experiment("foreign-uri", artifact_location=theirs.parent.as_uri()): (
+            theirs.parent.as_uri()
+        ),
+    }
     with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as con:  # what the old code stored
         con.execute(
             "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
@@ -57,12 +64,14 @@ def test_absolute_locations_made_here_become_relative_others_stay(tmp_path, monk
     assert mlflow.get_experiment(exp_id).artifact_location == f"mlruns/artifacts/{exp_id}"
     assert mlflow.get_experiment("0").artifact_location == "mlruns/artifacts/0"  # "Default"
     assert mlflow.get_experiment(custom).artifact_location == str(tmp_path / "big-disk")
+    for exp, location in foreign.items():
+        assert mlflow.get_experiment(exp).artifact_location == location
 
 
 def test_local_store_only_from_the_project_root(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    with pytest.raises(StoreError, match="cd "):
+    with pytest.raises(StoreError, match="cd .*chdir to the project root.*MLFLOW_TRACKING_URI"):
         configure(tmp_path, "x")
     assert not (tmp_path / "mlruns").exists()
 

@@ -9,7 +9,10 @@ artifact link to one machine's folder, so `configure()` rewrites the experiment'
 relative form (`_portable_locations`; MLflow's own "Default" experiment too). Runs, logged
 models and registered versions inherit it, and MLflow reads them relative to the working
 directory, which is the project root for `adaptflow run`, `make ui` and the tests. Moving or
-copying the checkout keeps every link valid.
+copying the checkout keeps every link valid. Loading a model from elsewhere: chdir to the project
+root first (`mlflow.pyfunc.load_model("models:/adaptflow-ae/1")` then resolves its files), or
+run `mlflow server --backend-store-uri sqlite:///mlruns/mlflow.db` from the root and point
+MLFLOW_TRACKING_URI at it.
 
 Nothing here runs at import time; `configure()` is called by the flows/CLI at the start of a run.
 """
@@ -20,6 +23,7 @@ import os
 import re
 import sqlite3
 from pathlib import Path
+from urllib.parse import unquote
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -48,8 +52,11 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
         if root != Path.cwd().resolve():
             # artifact links are relative: they would point under the cwd, not under root
             raise StoreError(
-                f"the local MLflow store is used from its project root only: cd {root} "
-                "(or set MLFLOW_TRACKING_URI to a tracking server)"
+                f"the local MLflow store is used from its project root only (its artifact links "
+                f"are relative to it): cd {root} first. To load a registered model from another "
+                "directory, chdir to the project root before mlflow.pyfunc.load_model("
+                "'models:/<name>/<version>'), or serve the store with `mlflow server` and set "
+                "MLFLOW_TRACKING_URI to it"
             )
         (root / "mlruns").mkdir(parents=True, exist_ok=True)
         uri = _OWN_URI = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
@@ -59,25 +66,36 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
     # a server (user URI) picks its own artifact root; the local store gets relative ones
     exp_id = client.create_experiment(experiment) if exp is None else exp.experiment_id
     if own:
-        _portable_locations(root / "mlruns" / "mlflow.db", created=exp_id if exp is None else None)
+        _portable_locations(
+            root / "mlruns" / "mlflow.db", root, created=exp_id if exp is None else None
+        )
     mlflow.set_experiment(experiment_id=exp_id)  # nested method runs land in the same experiment
     return exp_id
 
 
 # what MLflow or an older adaptflow made absolute: <root>/mlruns/<id> (MLflow's "Default"
-# experiment), <root>/mlruns/artifacts[/<id>] (as file:// URI or path). Any other location was
-# chosen by the user and is left alone.
-_MADE_HERE = re.compile(r"^(file://)?/.*/mlruns(/artifacts)?(/\d+)?/?$")
+# experiment), <root>/mlruns/artifacts[/<id>] (as file:// URI or path), for THIS project's root
+# only. Any other location (another project's store that merely ends in /mlruns, a big disk)
+# was chosen by someone else and is left alone.
+_MADE_HERE = re.compile(r"^(file://)?(?P<path>/.*)/mlruns(/artifacts)?(/\d+)?/?$")
 
 
-def _portable_locations(db: Path, created: str | None = None) -> None:
+def made_here(location: str | None, root: Path) -> bool:
+    """True when `location` is an absolute <root>/mlruns[/artifacts][/<id>] of this project."""
+    m = _MADE_HERE.match(location or "")
+    if m is None:
+        return False
+    return Path(unquote(m["path"])).resolve() == Path(root).resolve()
+
+
+def _portable_locations(db: Path, root: Path, created: str | None = None) -> None:
     """Store "mlruns/artifacts/<id>" as the location of experiments MLflow made absolute (see the
     module docstring). Runs made before keep their own links; new runs get relative ones.
     `experiments.artifact_location` is MLflow's own column."""
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
         for exp_id, location in rows:
-            if str(exp_id) == created or (location and _MADE_HERE.match(location)):
+            if str(exp_id) == created or made_here(location, root):
                 con.execute(
                     "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
                     (f"{ARTIFACTS}/{exp_id}", exp_id),
