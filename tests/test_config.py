@@ -27,6 +27,18 @@ def test_smoke_models_stay_out_of_the_real_registry_names(raw_params):
         build_params(raw_params, {"registry_prefix": "my models"})
 
 
+def test_a_non_default_profile_never_registers_under_the_production_prefix(raw_params):
+    base = raw_params["registry_prefix"]
+    with pytest.raises(ParamsError, match=f"profile 'smoke' may not register under .*{base!r}"):
+        build_params(raw_params, parse_overrides(["profile=smoke", f"registry_prefix={base}"]))
+    bare = {**raw_params, "profiles": {"tiny": {"ae": {"epochs": 1}}}}  # overlay keeps the prefix
+    with pytest.raises(ParamsError, match="registry_prefix"):
+        build_params(bare, {"profile": "tiny"})
+    ok = build_params(bare, {"profile": "tiny", "registry_prefix": "scratch"})
+    assert ok.model_name("ae") == "scratch-ae"
+    assert build_params(raw_params, {"registry_prefix": base}).profile == "default"
+
+
 def test_set_values_are_typed(raw_params):
     p = build_params(
         raw_params, parse_overrides(["ae.lr=1e-2", "ae.hidden=[64, 32]", "ae.patience=null"])

@@ -378,6 +378,14 @@ def build_params(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -
         params = Params.model_validate(tree)
     except ValidationError as e:
         raise ParamsError(_format_error(e)) from None
+    base_prefix = raw.get("registry_prefix", Params.model_fields["registry_prefix"].default)
+    if params.profile != "default" and params.registry_prefix == base_prefix:
+        # a toy profile's models must never compete for the production champion alias
+        raise ParamsError(
+            f"invalid params:\n  registry_prefix = {params.registry_prefix!r}: profile "
+            f"{params.profile!r} may not register under the default profile's prefix "
+            f"{base_prefix!r} (use e.g. {base_prefix}-{params.profile})"
+        )
     _check_cross_refs(params)
     return params
 
