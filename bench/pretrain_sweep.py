@@ -63,10 +63,15 @@ def main(argv: list[str] | None = None) -> None:
     console.print(Markdown(verdict))
     m = outcome.metrics
     console.print("\n[bold]gain of greedy over random init (test accuracy points):[/]")
+    from adaptflow.evaluation.verdicts import t_quantile
+
+    n = len(params.pretrain.seeds)
+    t = t_quantile(n) if n > 1 else float("nan")
     for f in params.pretrain.label_fractions:
-        se = m.get(f"pretrain/f{f:g}/gain_se", float("nan"))
+        hw = 100 * t * m.get(f"pretrain/f{f:g}/gain_se", float("nan"))
         console.print(
-            f"  {100 * f:g}% labels: {100 * m[f'pretrain/f{f:g}/gain']:+.2f} ± {200 * se:.2f} (2 SE)"
+            f"  {100 * f:g}% labels: {100 * m[f'pretrain/f{f:g}/gain']:+.2f} ± {hw:.2f} "
+            f"(95 % CI, {n} seeds)"
         )
     console.print(f"\nwall time {seconds:.0f} s on {ctx.device}; MLflow run {outcome.run_id}")
 

@@ -248,7 +248,7 @@ class PretrainStageConfig(TrainSettings):
         default_factory=lambda: [0, 1, 2], min_length=1
     )
     convergence_level: float = Field(
-        0.95, gt=0, le=1, description="epochs to reach this share of the curve's best accuracy"
+        0.95, gt=0, le=1, description="epochs to reach this share of either arm's best accuracy"
     )
     patience: int | None = Field(
         None, ge=1, description="budget_split only (early stop on the in-budget split); null: off"
@@ -446,11 +446,12 @@ def _check_pretrain(cfg: PretrainStageConfig) -> None:
             f"invalid params:\n  pretrain.patience = {cfg.patience}: early stopping selects an "
             "epoch; with pretrain.selection: last_epoch it must be null (or use budget_split)"
         )
-    if cfg.selection == "last_epoch" and max(cfg.label_fractions) < 1.0:
+    if max(cfg.label_fractions) < 1.0:
         raise ParamsError(
-            "invalid params:\n  pretrain.label_fractions: with pretrain.selection: last_epoch the "
-            "largest fraction must be 1.0 (the registry gate measures that model on validation "
-            "labels that must lie inside its budget); or use selection: budget_split"
+            f"invalid params:\n  pretrain.label_fractions = {cfg.label_fractions}: the largest "
+            "fraction must be 1.0 (the registry gate measures the f=1 model on the monitor split, "
+            "inside its budget; a partial budget's selection split already chose the checkpoint "
+            "and would bias the gate); append 1.0"
         )
 
 

@@ -13,7 +13,12 @@ from adaptflow.methods.pretrain.classifier import FineTuner, fine_tune
 from adaptflow.methods.pretrain.greedy import codes, greedy_pretrain
 from adaptflow.models.rbm import RBM
 from adaptflow.models.stacked import DeepClassifier, StackedEncoder
-from adaptflow.stages.pretrain import build_arm, epochs_to_reach, labelled_subset
+from adaptflow.stages.pretrain import (
+    build_arm,
+    chance_threshold,
+    epochs_to_common_level,
+    epochs_to_reach,
+)
 
 CPU = torch.device("cpu")
 
@@ -181,24 +186,31 @@ def test_rbm_layers_need_sigmoid():
         LAYER_METHODS.get("rbm")(10, 5, "relu", True)
 
 
-def test_labelled_subset_is_stratified_and_seeded():
-    y = np.repeat(np.arange(10), 100)
-    a, b = labelled_subset(y, 0.05, 0), labelled_subset(y, 0.05, 0)
-    assert len(a) == 50 and np.array_equal(a, b)
-    assert not np.array_equal(a, labelled_subset(y, 0.05, 1))
-    assert np.bincount(y[a]).tolist() == [5] * 10
-    assert len(labelled_subset(y, 1.0, 0)) == 1000
-    assert len(labelled_subset(y, 0.001, 0)) == 10  # never fewer than one per class
-
-
 def test_epochs_to_reach_is_relative_to_the_best_epoch():
     # best 0.9 at epoch 3 -> target 0.855: epoch 3 (relative to the last value, 0.4, it'd be 2)
-    assert epochs_to_reach([0.3, 0.6, 0.9, 0.4], 0.95, 10) == 3
-    assert epochs_to_reach([0.1, 0.5, 0.9, 0.95, 1.0], 0.95, 10) == 4
-    assert epochs_to_reach([0.9, 0.9], 0.95, 10) == 1
+    assert epochs_to_common_level({"a": [0.3, 0.6, 0.9, 0.4]}, 0.95, 10) == {"a": 3}
+    assert epochs_to_common_level({"a": [0.1, 0.5, 0.9, 0.95, 1.0]}, 0.95, 10) == {"a": 4}
+    assert epochs_to_common_level({"a": [0.9, 0.9]}, 0.95, 10) == {"a": 1}
+    assert epochs_to_reach([0.3, 0.6, 0.7], 0.8, 10) is None  # target never reached in budget
 
 
-def test_a_curve_that_never_leaves_chance_is_not_converged():
-    assert epochs_to_reach([0.10, 0.12, 0.15, 0.19], 0.95, 10) is None  # best < 2 x chance
-    assert epochs_to_reach([0.10, 0.12, 0.20], 0.95, 10) == 3
-    assert epochs_to_reach([0.4, 0.45], 0.95, 2) is None  # chance is 50 % with two classes
+def test_convergence_target_is_common_to_both_arms():
+    """Random plateaus at 40 % by epoch 3, greedy climbs to 85 % by epoch 12: measured against
+    its own best, random would 'converge' at epoch 3 and win; against the common target
+    (0.95 x 0.85) it never gets there, and greedy does."""
+    random = [0.2, 0.35, 0.4] + [0.4] * 12
+    greedy = [0.3 + 0.05 * i for i in range(11)] + [0.85] * 4
+    reached = epochs_to_common_level({"greedy": greedy, "random": random}, 0.95, 10)
+    assert reached == {"greedy": 12, "random": None}
+    assert epochs_to_reach(random, 0.95 * max(random), 10) == 3  # the old, own-best rule
+
+
+@pytest.mark.parametrize(
+    ("k", "threshold", "stuck", "left"),
+    [(10, 0.19, [0.10, 0.15, 0.189], [0.10, 0.15, 0.19]), (2, 0.55, [0.5, 0.549], [0.5, 0.55])],
+)
+def test_a_curve_that_never_leaves_chance_is_not_converged(k, threshold, stuck, left):
+    # 1/K + 10 % of the way to perfect: 19 % for digits, 55 % for two classes (not 2/K = 100 %)
+    assert chance_threshold(k) == pytest.approx(threshold)
+    assert epochs_to_common_level({"a": stuck}, 0.95, k) == {"a": None}
+    assert epochs_to_common_level({"a": left}, 0.95, k) == {"a": len(left)}

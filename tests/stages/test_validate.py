@@ -89,3 +89,23 @@ def test_only_the_stages_run_are_checked(raw_params, prepared):
 def test_missing_prepared_data_is_a_data_error(raw_params, tmp_path):
     with pytest.raises(DataError, match="make data"):
         check_against_data(params(raw_params, tmp_path / "nothing"), ["ae"])
+
+
+def test_pretrain_budgets_below_the_classes_or_without_gate_labels_exit_before_any_run(
+    raw_params, prepared
+):
+    # N = 3,600 pool + 400 monitor = 4,000: floor(0.0025 x 4,000) = 10 labels, one per class
+    ok = params(raw_params, prepared, "pretrain.label_fractions=[0.0025, 1.0]")
+    check_against_data(ok, ["pretrain"])
+    msg = rejected(params(raw_params, prepared, "pretrain.label_fractions=[0.002, 1.0]"))
+    assert "0.002 x N = 4000 images = 8 labels" in msg and "10 classes" in msg
+    assert ">= 0.0025" in msg
+    # max_train shrinks N: 100 pool + 10 monitor = 110 -> the default 0.01 affords 1 label
+    msg = rejected(params(raw_params, prepared, "pretrain.max_train=100"), ["pretrain"])
+    assert "0.01 x N = 110 images = 1 labels" in msg and ">= 0.091" in msg
+    # a largest fraction < 1 (config.py refuses it too) leaves the registered model no gate labels
+    p = params(raw_params, prepared)
+    bypass = p.model_copy(
+        update={"pretrain": p.pretrain.model_copy(update={"label_fractions": [0.05, 0.1]})}
+    )
+    assert "no gate labels" in rejected(bypass, ["pretrain"])

@@ -9,6 +9,7 @@ the fix; the CLI exits 2 and no MLflow run exists. A missing manifest is a `Data
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from adaptflow.config import Params, ParamsError
@@ -70,7 +71,36 @@ def _check_ae(params: Params) -> None:
 
 def _check_pretrain(params: Params) -> None:
     cfg = params.pretrain
-    _image_shape("pretrain", cfg.dataset, _manifest(params, cfg.dataset))
+    manifest = _manifest(params, cfg.dataset)
+    _image_shape("pretrain", cfg.dataset, manifest)
+    _check_pretrain_budget(params, manifest)
+
+
+def _check_pretrain_budget(params: Params, manifest: dict) -> None:
+    """Every label fraction affords one label per class, and the f = 1 model has gate labels.
+
+    N = pool + monitor of `stages.pretrain.data_plan` (the stage keeps its own raise as a net).
+    """
+    from adaptflow.stages.pretrain import data_plan
+
+    cfg = params.pretrain
+    n_train = manifest["shapes"]["x_train"][0]
+    n = data_plan(n_train, cfg.val_fraction, cfg.max_train, params.seed).n_total
+    n_classes = manifest["num_classes"]
+    f = min(cfg.label_fractions)
+    if math.floor(f * n + 1e-9) < n_classes:
+        need = math.ceil(n_classes / n * 1e4) / 1e4
+        raise _error(
+            f"pretrain.label_fractions: {f:g} x N = {n} images = {math.floor(f * n + 1e-9)} "
+            f"labels, fewer than the {n_classes} classes of {cfg.dataset!r}; raise the smallest "
+            f"fraction to >= {need:g} (or pretrain.max_train)"
+        )
+    if max(cfg.label_fractions) < 1.0:
+        raise _error(
+            f"pretrain.label_fractions = {list(cfg.label_fractions)}: no gate labels; the "
+            "registry gate measures the f=1 model on the monitor split, inside its budget only "
+            "at f = 1; append 1.0"
+        )
 
 
 CHECKS: dict[str, Callable[[Params], None]] = {"ae": _check_ae, "pretrain": _check_pretrain}
