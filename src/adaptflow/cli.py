@@ -117,7 +117,7 @@ def _print_outcomes(outcomes: dict, seconds: float, profile: str) -> None:
             f"{k.split('/', 1)[-1]}={o['metrics'][k]:.4g}" for k in keys if k in o["metrics"]
         )
         model = f"{o['model_name']} v{o['model_version']}" if o.get("model_version") else "-"
-        if o.get("model_decision"):  # the registry gate's verdict (recorded when it was computed)
+        if o.get("model_decision"):  # the gate's decision; on a cache hit, the registry now
             model = f"{model if o.get('model_version') else o['model_name']}: {o['model_decision']}"
         table.add_row(name, "yes" if o["cache_hit"] else "no", metrics, model, o["run_id"][:12])
     Console().print(table)

@@ -127,6 +127,26 @@ def test_a_missing_gate_or_headline_metric_is_never_registered(project, monkeypa
     assert versions(MlflowClient()) == {}
 
 
+@pytest.mark.parametrize("failing", ["record_artifacts", "set_model_tags"])
+def test_a_step_failing_after_run_leaves_no_champion(project, monkeypatch, failing):
+    """The manifest is written before registering (its failure leaves no version); the alias is
+    set after the run's model tags (their failure leaves a version that claims nothing)."""
+    from adaptflow.tracking import runs
+
+    toy_stage(monkeypatch, [0.1])
+    params = load_params("params.yaml")
+    exp = configure(".", params.experiment)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runs, failing, broken)
+    with pytest.raises(OSError, match="disk full"):
+        execute("ae", params, context(project, exp))
+    assert models.champion(NAME) is None
+    assert len(versions(MlflowClient())) == (0 if failing == "record_artifacts" else 1)
+
+
 def test_margin_is_read_from_the_stage_params(project, monkeypatch):
     toy_stage(monkeypatch, [0.10, 0.09])
     params = load_params("params.yaml", ["ae.gate_margin=0.05"])

@@ -8,8 +8,10 @@ on. A hit re-uses the finished run only if its artifacts, logged model and regis
 still exist (else it recomputes and says why in `adaptflow.cache_miss_reason`): a new nested run
 records `adaptflow.cached_from` and its params/metrics, and no training happens.
 
-After `run()` returns, the stage's model goes through the registry gate (tracking.models): a
-non-finite gate or headline metric is never registered.
+After `run()` returns and the artifact manifest is written, the stage's model goes through the
+registry gate (tracking.models) as the run's last step, the `champion` alias last of all: a
+non-finite or missing gate or headline metric is never registered. A cache hit reports whether
+its version holds `champion` now, not the decision made when it was registered.
 """
 
 from __future__ import annotations
