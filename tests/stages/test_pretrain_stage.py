@@ -166,6 +166,35 @@ def test_convergence_counts_never_converging_as_slower_and_ignores_both_failing(
     assert f"1%: 4.0 vs {CFG.epochs + 1:.1f}" in text  # not converged = budget + 1 epochs
 
 
+def test_an_arm_stalling_low_does_not_win_the_convergence_claim():
+    """Random plateaus at 40 % by epoch 3, greedy climbs to 85 % by epoch 12 (every seed and
+    fraction): with each arm's own best as target random 'converged' first; the common target
+    (level x the better arm's best) makes greedy the faster arm."""
+    cfg = PretrainStageConfig(epochs=15)
+    rows = []
+    for seed in range(3):
+        random = [0.2, 0.35, 0.4 + 0.001 * seed] + [0.4] * 12
+        greedy = [0.3 + 0.05 * i for i in range(11)] + [0.85 + 0.01 * seed] * 4
+        reached = stage.epochs_to_common_level({"greedy": greedy, "random": random}, 0.95, 10)
+        for f in (0.01, 1.0):
+            for arm, curve in (("greedy", greedy), ("random", random)):
+                ep = math.nan if reached[arm] is None else float(reached[arm])
+                acc = curve[-1]
+                rows.append(
+                    dict(
+                        fraction=f,
+                        arm=arm,
+                        seed=seed,
+                        test_acc=acc,
+                        epoch1_acc=curve[0],
+                        epochs_to_level=ep,
+                    )
+                )
+    text, verdict = verdicts(pd.DataFrame(rows), cfg)[2][1:]
+    assert verdict == HOLDS, text
+    assert "1%: 12.0 vs 16.0" in text  # random never reaches 0.95 x 85 %: budget + 1
+
+
 def test_convergence_fails_when_greedy_is_slower():
     df = records(
         {
