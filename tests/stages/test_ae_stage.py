@@ -11,7 +11,13 @@ import pytest
 
 from adaptflow.config import AEStageConfig
 from adaptflow.evaluation.verdicts import FAILS, FEW_SEEDS, HOLDS, NOISE
-from adaptflow.stages.ae import SPARSE_BASELINE, noise_key, verdicts
+from adaptflow.stages.ae import (
+    SPARSE_BASELINE,
+    noise_key,
+    sweep_admissible,
+    sweep_table,
+    verdicts,
+)
 
 SEEDS = (0, 1, 2)
 CFG = AEStageConfig(options={"sparse": {"rho": 0.05}})
@@ -115,6 +121,22 @@ def test_sparse_band_verdict_is_absolute_not_relative_to_lambda_zero():
             sparse=SUPPORTING["sparse"], sparse_lam0={"test_unit_band_fraction": base_band}
         )
         assert _verdict(res, claim) == HOLDS
+
+
+def test_lambda_sweep_admissibility_uses_floor_dead_units_and_factor():
+    # the measured validation sweep (seed 0, default params; plain AE val MSE 0.0150)
+    def point(lam, mse, band, dead=0.0):
+        m = {"lam": lam, "val_mse": mse, "val_unit_band_fraction": band, "val_dead_units": dead}
+        return m | {"val_mean_activation": 0.06}
+
+    ae_val = 0.0150
+    assert not sweep_admissible(point(1.0, 0.0272, 0.75), ae_val, CFG)  # band below floor
+    assert sweep_admissible(point(3.0, 0.0318, 1.0), ae_val, CFG)  # x2.12 <= 2.5
+    assert not sweep_admissible(point(10.0, 0.0418, 1.0), ae_val, CFG)  # x2.79 > 2.5
+    assert not sweep_admissible(point(3.0, 0.0318, 1.0, dead=1.0), ae_val, CFG)
+    table = sweep_table([point(1.0, 0.0272, 0.75), point(3.0, 0.0318, 1.0)], ae_val, CFG)
+    assert list(table.iloc[:, -1]) == ["no", "yes"]
+    assert list(table["÷ plain AE val MSE"]) == ["1.81", "2.12"]
 
 
 def test_sparse_verdicts_can_fail():

@@ -394,7 +394,18 @@ def verdicts(results: dict[str, dict[int, dict[str, float]]], cfg) -> list[tuple
     return out
 
 
-def sweep_table(sweep: list[dict], ae_val_mse: float | None):
+def sweep_admissible(p: dict, ae_val_mse: float | None, cfg) -> bool:
+    """A λ of the validation sweep fits the claims: band share above the floor, no dead unit,
+    validation MSE within `sparse_mse_factor` of the plain AE's."""
+    return (
+        p["val_unit_band_fraction"] > cfg.sparse_band_floor
+        and p["val_dead_units"] == 0
+        and ae_val_mse is not None
+        and p["val_mse"] <= cfg.sparse_mse_factor * ae_val_mse
+    )
+
+
+def sweep_table(sweep: list[dict], ae_val_mse: float | None, cfg):
     """The sparse λ sweep on the VALIDATION split (first seed): what fixed λ and the MSE factor."""
     import pandas as pd
 
@@ -405,6 +416,9 @@ def sweep_table(sweep: list[dict], ae_val_mse: float | None):
             "val mean act.": f"{p['val_mean_activation']:.3f}",
             "units in [ρ/2, 2ρ]": f"{p['val_unit_band_fraction']:.2f}",
             "dead units": f"{p['val_dead_units']:.0f}",
+            f"fits (> {cfg.sparse_band_floor:g}, 0 dead, ≤ ×{cfg.sparse_mse_factor:g})": (
+                "yes" if sweep_admissible(p, ae_val_mse, cfg) else "no"
+            ),
         }
         for p in sweep
     }
@@ -460,7 +474,9 @@ def report(df, noise_df, claims, cfg, dataset: str, clf_acc: float | None, sweep
             sweep_df.to_markdown(),
             "",
             "λ and the MSE factor of the 'sparsity costs little' claim are fixed from this "
-            "validation sweep; the test numbers above are reported, never used to choose.",
+            "validation sweep (the configured λ = "
+            f"{AE_METHODS.get('sparse').Config.model_validate(cfg.options.get('sparse', {})).lam:g}"
+            " must be a 'yes' row); the test numbers above are reported, never used to choose.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -581,7 +597,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
 
     df, noise_df = comparison(results), denoising_table(results, baseline, cfg)
     ae_val = results.get(f"ae-{cfg.archs[0]}", {}).get(first, {}).get("val_mse")
-    sweep_df = sweep_table(sweep, ae_val) if sweep else None
+    sweep_df = sweep_table(sweep, ae_val, cfg) if sweep else None
     text = report(df, noise_df, claims, cfg, cfg.dataset, clf_acc, sweep_df)
     runs.log_text(text, "ae/comparison.md")
     runs.log_text(df.to_csv(), "ae/comparison.csv")
