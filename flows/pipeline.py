@@ -6,17 +6,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 from prefect import flow
 
-from adaptflow.config import load_params
+from adaptflow.config import load_params, parse_overrides
 from flows.ae import ae_flow
 from flows.pretrain import pretrain_flow
 
 STAGE_FLOWS = {"ae": ae_flow, "pretrain": pretrain_flow}  # pipeline order
+log = logging.getLogger(__name__)
 
 
 def metrics_path(root: str | Path, profile: str) -> Path:
@@ -79,9 +81,24 @@ def pipeline_flow(
             outcomes[name] = out  # the registry gate ran inside the stage (stages.base.execute)
         runs.log_metrics({k: v for o in outcomes.values() for k, v in o["metrics"].items()})
         runs.log_metrics({"pipeline/stages_cached": sum(o["cache_hit"] for o in outcomes.values())})
-    if list(outcomes) == list(STAGE_FLOWS):  # a --stage run leaves the profile's report alone
+    skip = report_skip_reason(list(outcomes), overrides)
+    if skip is None:
         _write_metrics(metrics_path(root, params.profile), outcomes)
+    else:
+        log.info("%s not written: %s", metrics_path(root, params.profile), skip)
     return outcomes
+
+
+def report_skip_reason(ran: list[str], overrides: list[str]) -> str | None:
+    """Why this run must not write the profile's versioned report, or None when it may: only a
+    full pipeline run of the profile as configured (no `--set` other than `profile=`) does; an
+    `ae.epochs=1` or `--stage ae` run would overwrite the numbers DVC versions."""
+    if ran != list(STAGE_FLOWS):
+        return f"only stages {ran} ran (the report needs the full pipeline {list(STAGE_FLOWS)})"
+    changed = sorted(k for k in parse_overrides(overrides) if k != "profile")
+    if changed:
+        return f"--set overrides {changed} change the profile's params"
+    return None
 
 
 def _check_against_data(params, chosen: list[str]) -> None:

@@ -126,6 +126,8 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
         assert tags["gate.metric"] == metric and tags["gate.champion_value"] == "none"
         assert tags["gate.dataset_digest"] == manifest["md5"]
         assert tags["gate.input_shape"] == "1x28x28"
+    assert version_tags(client, "adaptflow-smoke-ae")["1"]["gate.model"] == "ae-mlp-code32"
+    assert version_tags(client, "adaptflow-smoke-pretrain")["1"]["gate.model"].startswith("784-")
     _, val = split_train_val(
         len(data["x_train"]), params.ae.val_fraction, params.ae.max_train, params.seed
     )
@@ -141,9 +143,8 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
     clf = mlflow.pytorch.load_model("models:/adaptflow-smoke-pretrain@champion")
     assert clf(torch.from_numpy(x_te[:3])).shape == (3, 10)
 
-    report = smoke_project / "reports/metrics-smoke.json"
-    assert json.loads(report.read_text())["ae/test_mse"] == m["ae/test_mse"]
-    assert not (smoke_project / "reports/metrics.json").exists()  # per-profile files only
+    # SMOKE shrinks the profile with --set: the profile's versioned report is not written
+    assert not (smoke_project / "reports").exists()
 
     # an unchanged re-run hits the cache: no training, no new model version
     again = run_pipeline(SMOKE)
@@ -157,8 +158,7 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
     assert len(version_tags(client, "adaptflow-smoke-ae")) == 1
 
     # --force recomputes ae although nothing changed; its model, made worse on validation
-    # here, becomes v2, a challenger with the reason; champion stays on v1; a --stage run
-    # leaves the profile's report alone
+    # here, becomes v2, a challenger with the reason; champion stays on v1
     from adaptflow.stages import STAGES
 
     spec = STAGES.get("ae")
@@ -175,7 +175,6 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
 
     # (setitem, never monkeypatch.undo(): undo would also leave the temporary project's cwd)
     monkeypatch.setitem(STAGES._items, "ae", type(spec)(**{**spec.__dict__, "run": worse}))
-    before = report.read_text()
     forced = run_pipeline(SMOKE, force=True, stages=["ae"])["ae"]
     assert not forced["cache_hit"]
     assert (forced["model_version"], forced["model_decision"]) == ("2", "challenger")
@@ -183,15 +182,41 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
     assert v2["gate.reason"].startswith("worse")
     assert v2["gate.champion_value"] == ae_tags["gate.value"]
     assert str(client.get_model_version_by_alias("adaptflow-smoke-ae", "champion").version) == "1"
-    assert report.read_text() == before
 
     # a far better value on other data is not comparable: v3 stays a challenger
     monkeypatch.setitem(STAGES._items, "ae", type(spec)(**{**spec.__dict__, "run": better}))
-    other = run_pipeline([*SMOKE, "ae.dataset=digits", "ae.methods=[ae]"], stages=["ae"])["ae"]
+    other = run_pipeline([*SMOKE, "ae.dataset=digits"], stages=["ae"])["ae"]
     assert (other["model_version"], other["model_decision"]) == ("3", "challenger")
     v3 = version_tags(client, "adaptflow-smoke-ae")["3"]
     assert v3["gate.reason"].startswith("not comparable: different dataset_digest")
     assert str(client.get_model_version_by_alias("adaptflow-smoke-ae", "champion").version) == "1"
+
+
+def test_only_a_full_run_of_the_profile_as_configured_writes_its_report(smoke_project, monkeypatch):
+    """reports/metrics-<profile>.json is versioned: a --stage run or a --set override other than
+    profile= must leave it alone (stage flows replaced by instant fakes: this tests the flow)."""
+    import flows.pipeline as pipeline
+
+    def fake(name):
+        def stage_flow(*args):
+            overrides = args[1]
+            value = 0.5 if "ae.epochs=1" in overrides else 0.25
+            return {"metrics": {f"{name}/test_x": value}, "cache_hit": False, "cache_key": name}
+
+        return stage_flow
+
+    monkeypatch.setattr(pipeline, "STAGE_FLOWS", {n: fake(n) for n in pipeline.STAGE_FLOWS})
+    report = smoke_project / "reports/metrics-smoke.json"
+    run_pipeline(["profile=smoke"])
+    written = json.loads(report.read_text())
+    assert written == {"ae/test_x": 0.25, "pretrain/test_x": 0.25}
+    run_pipeline(["profile=smoke", "ae.epochs=1"])
+    run_pipeline(["profile=smoke"], stages=["ae"])
+    assert json.loads(report.read_text()) == written
+    assert not (smoke_project / "reports/metrics-default.json").exists()  # per profile
+    assert pipeline.report_skip_reason(["ae", "pretrain"], ["profile=smoke", "ae.epochs=1"]) == (
+        "--set overrides ['ae.epochs'] change the profile's params"
+    )
 
 
 def test_failing_stage_ends_failed_with_error_tag(smoke_project, monkeypatch):
