@@ -722,6 +722,7 @@ STAGE = STAGES.register("ae")(
         datasets=lambda p: [p.ae.dataset],
         run=run,
         headline=("ae/test_mse", "ae/pca/test_mse", "ae/claims_holding"),
+        optional_metrics=("ae/pca/test_mse",),  # absent when ae.methods leaves PCA out
         selection=(
             "epoch with the lowest validation loss (val_fraction of train, early stopping); "
             "the same validation split measures the gate's val MSE (a slight bias toward "
