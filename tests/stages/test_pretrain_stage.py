@@ -15,6 +15,7 @@ from adaptflow.methods.pretrain import LAYER_METHODS
 from adaptflow.methods.pretrain.classifier import fine_tune
 from adaptflow.methods.pretrain.greedy import greedy_pretrain
 from adaptflow.stages import pretrain as stage
+from adaptflow.stages.base import split_fingerprint
 from adaptflow.stages.pretrain import (
     NOT_TESTED,
     build_arm,
@@ -288,7 +289,7 @@ def test_stage_run_respects_the_budget_and_fills_the_gate(mnist, project, monkey
     assert outcome.gate_context == {
         "dataset_digest": "d1g",
         "input_shape": "1x28x28",
-        "val_split": stage.short_hash(plan.monitor),
+        "val_split": split_fingerprint(plan.monitor),
         "model": "784-16-sigmoid-10",
     }
     assert client.search_registered_models() == []  # run() registers nothing itself

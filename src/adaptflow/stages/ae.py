@@ -13,7 +13,6 @@ holds the comparison tables (mean ± std over seeds), the verdicts and the figur
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -47,6 +46,7 @@ from adaptflow.stages.base import (
     StageOutcome,
     StageSpec,
     claims_table,
+    split_fingerprint,
     split_train_val,
 )
 from adaptflow.training import seed_everything
@@ -617,7 +617,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     outcome.gate_context = {
         "dataset_digest": data[cfg.dataset].digest,
         "input_shape": "x".join(str(s) for s in shape),
-        "val_split": hashlib.sha256(d.val_idx.astype(np.int64).tobytes()).hexdigest()[:12],
+        "val_split": split_fingerprint(d.val_idx),
         # the registered model's interface: another code size or arch is "not comparable"
         "model": f"{cfg.register_method}-{cfg.archs[0]}-code{cfg.code_size}",
     }

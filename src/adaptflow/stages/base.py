@@ -121,6 +121,12 @@ def split_train_val(n: int, val_fraction: float, max_train: int | None, seed: in
     return train, val
 
 
+def split_fingerprint(idx: np.ndarray) -> str:
+    """Short hash of a set of indices (order-free): the gate only compares versions measured on
+    the same validation split."""
+    return hashlib.sha256(np.sort(idx).astype(np.int64).tobytes()).hexdigest()[:12]
+
+
 # Params that change no computed number, only what is drawn or printed: kept out of the key.
 # `gate_margin` is one too: it decides nothing but the registry alias, once, when a version is
 # registered (its value is kept in the version's `gate.margin` tag); a cache hit registers

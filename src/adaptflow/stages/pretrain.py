@@ -24,7 +24,6 @@ gain's 95 % t confidence interval lies above 0).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from adaptflow.stages.base import (
     StageOutcome,
     StageSpec,
     claims_table,
+    split_fingerprint,
     split_train_val,
 )
 from adaptflow.training import seed_everything
@@ -149,10 +149,6 @@ def gate_indices(plan: DataPlan, budget: LabelBudget) -> np.ndarray:
         f"no validation labels inside the {budget.fraction:g} budget for the registry gate: "
         "include 1.0 in pretrain.label_fractions (the f=1 model is gated on the monitor split)"
     )
-
-
-def short_hash(idx: np.ndarray) -> str:
-    return hashlib.sha256(np.sort(idx).astype(np.int64).tobytes()).hexdigest()[:12]
 
 
 def protocol(cfg) -> str:
@@ -524,7 +520,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     outcome.gate_context = {
         "dataset_digest": prepared.digest,
         "input_shape": "x".join(str(d) for d in x_all.shape[1:]),
-        "val_split": short_hash(gate_idx),
+        "val_split": split_fingerprint(gate_idx),
         # the network interface: another architecture is "not comparable", never a silent swap
         "model": f"{'-'.join(map(str, [input_dim, *cfg.layers]))}-{cfg.activation}-{n_classes}",
     }
