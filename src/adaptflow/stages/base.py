@@ -95,10 +95,6 @@ STAGES: Registry[StageSpec] = Registry("stage")
 Claim = tuple[str, str, str]  # (the seed's claim, what was measured, verdict)
 
 
-def verdict(ok: bool) -> str:
-    return "holds" if ok else "does not hold"
-
-
 def claims_table(claims: list[Claim], measured: str = "measured") -> list[str]:
     """Markdown lines of the verdict table every stage's report ends with."""
     return [
