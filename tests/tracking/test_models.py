@@ -39,11 +39,13 @@ CHILD = textwrap.dedent(
 
     uris, x_path, out_path = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
     x = np.load(x_path)
-    outputs, declared = {}, set()
+    outputs, codes, declared = {}, {}, set()
     for uri in uris:
         net = mlflow.pytorch.load_model(uri)
         with torch.no_grad():
             y = net(torch.from_numpy(x)).numpy()
+            if hasattr(net, "encode"):  # later stages use the AE's encoder, not only forward()
+                codes[uri] = list(net.encode(torch.from_numpy(x)).shape)
         y_pyfunc = mlflow.pyfunc.load_model(uri).predict(x)
         outputs[uri] = [y.tolist(), np.asarray(y_pyfunc).tolist()]
         with open(mlflow.pyfunc.get_model_dependencies(uri)) as f:
@@ -72,7 +74,7 @@ CHILD = textwrap.dedent(
     used = {canon(d) for t in tops for d in dists.get(t, [])}
     missing = sorted(used - closure(declared))
     with open(out_path, "w") as f:
-        json.dump({"outputs": outputs, "missing": missing, "used": sorted(used),
+        json.dump({"outputs": outputs, "codes": codes, "missing": missing, "used": sorted(used),
                    "adaptflow": adaptflow.__file__}, f)
     """
 )
@@ -116,6 +118,9 @@ def test_registered_models_load_in_a_fresh_process_with_their_requirements(proje
     assert report["missing"] == [], f"imported but not in requirements: {report['missing']}"
     assert "torch" in report["used"]  # the import scan sees the model's own imports
     assert not report["adaptflow"].startswith(str(models.Path(models.__file__).parents[1]))
+    ae_uris = sorted(u for u in uris if "/t-ae-" in u or "/t-vae-" in u)
+    assert sorted(report["codes"]) == ae_uris
+    assert all(shape == [5, 4] for shape in report["codes"].values()), report["codes"]
     for uri, (y, y_pyfunc) in report["outputs"].items():
         assert np.asarray(y).shape[0] == 5
         np.testing.assert_allclose(y, expected[uri], rtol=1e-5, atol=1e-6)
