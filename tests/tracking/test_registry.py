@@ -145,6 +145,10 @@ def test_a_step_failing_after_run_leaves_no_champion(project, monkeypatch, faili
         execute("ae", params, context(project, exp))
     assert models.champion(NAME) is None
     assert len(versions(MlflowClient())) == (0 if failing == "record_artifacts" else 1)
+    if failing == "set_model_tags":  # the orphan version is marked, never a gated result
+        (tags,) = versions(MlflowClient()).values()
+        assert tags["gate.decision"] == "aborted" and "disk full" in tags["gate.reason"]
+        assert models.best_gated(NAME, METRIC, False, CONTEXT) is None
 
 
 def test_margin_is_read_from_the_stage_params(project, monkeypatch):

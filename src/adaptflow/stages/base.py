@@ -270,7 +270,13 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
     without a gate registers nothing (its logged model stays a plain run artifact).
     """
     from adaptflow.tracking import runs
-    from adaptflow.tracking.models import CHAMPION, NOT_REGISTERED, register_gated, set_champion
+    from adaptflow.tracking.models import (
+        CHAMPION,
+        NOT_REGISTERED,
+        abort_version,
+        register_gated,
+        set_champion,
+    )
 
     if not outcome.model_uri:
         return
@@ -316,11 +322,17 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
         reg.decision,
         reg.reason,
     )
-    runs.set_model_tags(
-        outcome.model_name,
-        outcome.model_version,
-        outcome.model_decision,
-        outcome.model_decision_reason,
-    )
-    if reg.decision == CHAMPION:  # the alias last: a failure above leaves no champion claim
-        set_champion(outcome.model_name, reg.version)
+    try:
+        runs.set_model_tags(
+            outcome.model_name,
+            outcome.model_version,
+            outcome.model_decision,
+            outcome.model_decision_reason,
+        )
+        if reg.decision == CHAMPION:  # the alias last: a failure above leaves no champion claim
+            set_champion(outcome.model_name, reg.version)
+    except BaseException as e:
+        # the run will end FAILED: its version must not count as a gated result later (the
+        # no-alias comparison only reads champion/challenger decisions)
+        abort_version(outcome.model_name, reg.version, f"{type(e).__name__}: {e}")
+        raise

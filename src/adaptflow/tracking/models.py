@@ -247,6 +247,22 @@ def set_champion(name: str, version: str, client: MlflowClient | None = None) ->
     (client or MlflowClient()).set_registered_model_alias(name, CHAMPION, version)
 
 
+ABORTED = "aborted"
+
+
+def abort_version(name: str, version: str, why: str) -> None:
+    """Mark a registered version whose stage run failed after registering: `gate.decision` =
+    aborted (never compared again). Best effort: the original error is what the caller raises."""
+    client = MlflowClient()
+    try:
+        client.set_model_version_tag(name, version, "gate.decision", ABORTED)
+        client.set_model_version_tag(
+            name, version, "gate.reason", f"stage run failed: {why}"[:5000]
+        )
+    except MlflowException:
+        logging.getLogger(__name__).exception("could not mark %s v%s aborted", name, version)
+
+
 def best_gated(
     name: str,
     metric: str,
