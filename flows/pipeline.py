@@ -81,7 +81,7 @@ def pipeline_flow(
             outcomes[name] = out  # the registry gate ran inside the stage (stages.base.execute)
         runs.log_metrics({k: v for o in outcomes.values() for k, v in o["metrics"].items()})
         runs.log_metrics({"pipeline/stages_cached": sum(o["cache_hit"] for o in outcomes.values())})
-    skip = report_skip_reason(list(outcomes), overrides)
+    skip = report_skip_reason(list(outcomes), overrides, params_path)
     if skip is None:
         _write_metrics(metrics_path(root, params.profile), outcomes)
     else:
@@ -89,10 +89,15 @@ def pipeline_flow(
     return outcomes
 
 
-def report_skip_reason(ran: list[str], overrides: list[str]) -> str | None:
+def report_skip_reason(
+    ran: list[str], overrides: list[str], params_path: str = "params.yaml"
+) -> str | None:
     """Why this run must not write the profile's versioned report, or None when it may: only a
-    full pipeline run of the profile as configured (no `--set` other than `profile=`) does; an
-    `ae.epochs=1` or `--stage ae` run would overwrite the numbers DVC versions."""
+    full pipeline run of the profile as configured in params.yaml (no `--set` other than
+    `profile=`, no other params file) does; an `ae.epochs=1`, `--params other.yaml` or
+    `--stage ae` run would overwrite the numbers DVC versions."""
+    if Path(params_path).name != "params.yaml":
+        return f"params come from {params_path}, not the project's params.yaml"
     if ran != list(STAGE_FLOWS):
         return f"only stages {ran} ran (the report needs the full pipeline {list(STAGE_FLOWS)})"
     changed = sorted(k for k in parse_overrides(overrides) if k != "profile")

@@ -217,6 +217,8 @@ def test_only_a_full_run_of_the_profile_as_configured_writes_its_report(smoke_pr
     assert pipeline.report_skip_reason(["ae", "pretrain"], ["profile=smoke", "ae.epochs=1"]) == (
         "--set overrides ['ae.epochs'] change the profile's params"
     )
+    assert "other.yaml" in pipeline.report_skip_reason(["ae", "pretrain"], [], "other.yaml")
+    assert pipeline.report_skip_reason(["ae", "pretrain"], ["profile=smoke"]) is None
 
 
 def test_failing_stage_ends_failed_with_error_tag(smoke_project, monkeypatch):

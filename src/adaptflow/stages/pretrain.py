@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adaptflow.data import Prepared
-from adaptflow.evaluation.verdicts import all_of, paired_verdict
+from adaptflow.evaluation.verdicts import NOISE, all_of, paired_verdict
 from adaptflow.methods.pretrain import LAYER_METHODS
 from adaptflow.methods.pretrain.classifier import fine_tune
 from adaptflow.methods.pretrain.greedy import greedy_pretrain
@@ -245,8 +245,9 @@ def verdicts(df, cfg) -> list[tuple[str, str, str]]:
     conv, conv_v = [], []
     for f in fracs:
         g, r = censored_epochs(*_paired_arrays(df, f, "epochs_to_level"), cfg.epochs + 1)
-        if np.isnan(g).all():
-            conv.append(f"{pct(f)}%: neither arm leaves chance")
+        if np.isnan(g).all():  # no evidence at this fraction: "every fraction" is not shown
+            conv.append(f"{pct(f)}%: neither arm leaves chance, {NOISE}")
+            conv_v.append(NOISE)
             continue
         res = paired_verdict(g, r, higher_is_better=False)
         conv_v.append(res.verdict)
