@@ -51,6 +51,29 @@ class SynDigitsSource(Frozen):
     noise: float = Field(0.05, ge=0, le=0.5, description="std of additive Gaussian pixel noise")
 
 
+class SynCharsSource(Frozen):
+    """Characters rendered like `syndigits` (class i = the i-th character of `charset`)."""
+
+    kind: Literal["synchars"]
+    charset: str = Field(
+        "alnum", description="'digits', 'alnum' (0-9 + A-Z, 36 classes) or the characters"
+    )
+    n_train: int = Field(36000, ge=10)
+    n_test: int = Field(3600, ge=10)
+    size: int = Field(28, ge=16, le=128)
+    max_rotation: float = Field(15.0, ge=0, le=90, description="degrees")
+    noise: float = Field(0.05, ge=0, le=0.5, description="std of additive Gaussian pixel noise")
+    balanced: bool = Field(True, description="every class equally often (else i.i.d. draws)")
+
+    @field_validator("charset")
+    @classmethod
+    def _valid_charset(cls, v: str) -> str:
+        from adaptflow.data.syndigits import charset
+
+        charset(v)  # raises ValueError with the rule
+        return v
+
+
 class Mnist1dSource(Frozen):
     kind: Literal["mnist1d"]
     num_samples: int = Field(5000, ge=100)
@@ -90,6 +113,7 @@ SourceConfig = Annotated[
     MnistSource
     | DigitsSource
     | SynDigitsSource
+    | SynCharsSource
     | Mnist1dSource
     | NpzSource
     | MatSource

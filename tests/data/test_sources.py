@@ -189,3 +189,44 @@ def test_image_folder(tmp_path):
         )
     )
     assert rgb.x_train.shape[1] == 3
+
+
+def test_synchars_renders_36_balanced_classes_deterministically():
+    from adaptflow.config import SynCharsSource
+
+    cfg = SynCharsSource(kind="synchars", n_train=360, n_test=72, size=28)
+    a, b, c = load(cfg, 1), load(cfg, 1), load(cfg, 2)
+    check_images(a, 28, n_classes=36)
+    assert a.meta["classes"] == list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    assert np.bincount(a.y_train, minlength=36).tolist() == [10] * 36  # balanced
+    assert np.bincount(a.y_test, minlength=36).tolist() == [2] * 36
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+    assert not np.array_equal(a.y_train, c.y_train)  # another seed, another shuffle
+    assert len(a.meta["fonts"]) >= 15  # the digit fonts all have A-Z too
+
+
+def test_synchars_class_is_its_glyph():
+    """An 'A' must look like the clean A glyph more than like any other class's glyph."""
+    import torch
+
+    from adaptflow.config import SynCharsSource
+    from adaptflow.data.syndigits import glyph_bank
+
+    cfg = SynCharsSource(kind="synchars", charset="0AX", n_train=300, n_test=30, noise=0.0)
+    s = load(cfg, 0)
+    bank, _ = glyph_bank(28, "0AX")
+    templates = bank.mean(0).flatten(1).numpy()  # (3, 784): mean clean glyph per class
+    x = s.x_train.reshape(len(s.x_train), -1)
+    nearest = np.argmin(((x[:, None] - templates[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == s.y_train).mean() > 0.8, torch.tensor(nearest == s.y_train).float().mean()
+
+
+def test_synchars_rejects_a_bad_charset():
+    from pydantic import ValidationError
+
+    from adaptflow.config import SynCharsSource
+
+    for bad in ("A", "AA", "A B"):
+        with pytest.raises(ValidationError, match="distinct, non-blank"):
+            SynCharsSource(kind="synchars", charset=bad)

@@ -45,15 +45,32 @@ def digits(cfg, seed: int) -> Split:
     )
 
 
-@SOURCES.register("syndigits")
-def syndigits(cfg, seed: int) -> Split:
+def _rendered(cfg, seed: int, chars: str, balanced: bool) -> Split:
     from adaptflow.data.syndigits import glyph_bank, render
 
-    bank, fonts = glyph_bank(cfg.size)
+    bank, fonts = glyph_bank(cfg.size, chars)
     kw = {"side": cfg.size, "max_rotation": cfg.max_rotation, "noise": cfg.noise, "bank": bank}
-    x_tr, y_tr, _ = render(cfg.n_train, seed=seed, **kw)
-    x_te, y_te, _ = render(cfg.n_test, seed=seed + 1_000_003, **kw)
+    x_tr, y_tr, _ = render(cfg.n_train, seed=seed, balanced=balanced, **kw)
+    x_te, y_te, _ = render(cfg.n_test, seed=seed + 1_000_003, balanced=balanced, **kw)
     return Split(x_tr, y_tr, x_te, y_te, {"origin": "matplotlib fonts", "fonts": fonts})
+
+
+@SOURCES.register("syndigits")
+def syndigits(cfg, seed: int) -> Split:
+    from adaptflow.data.syndigits import DIGITS
+
+    return _rendered(cfg, seed, DIGITS, balanced=False)  # the label is the digit
+
+
+@SOURCES.register("synchars")
+def synchars(cfg, seed: int) -> Split:
+    """Rendered characters (e.g. digits + A-Z): a large labelled source task that ships offline."""
+    from adaptflow.data.syndigits import charset
+
+    chars = charset(cfg.charset)
+    split = _rendered(cfg, seed, chars, balanced=cfg.balanced)
+    split.meta["classes"] = list(chars)  # label i is chars[i]
+    return split
 
 
 @SOURCES.register("mnist1d")

@@ -1,14 +1,17 @@
-"""Synthetic digits rendered from the TrueType fonts shipped inside matplotlib.
+"""Synthetic characters rendered from the TrueType fonts shipped inside matplotlib.
 
 The seed's synthetic -> real case: clean printed glyphs, made varied by random stroke width,
 affine warp, blur and pixel noise, then framed like MNIST (glyph in a 20x20 box, centred by mass).
 Deterministic for a seed: every random draw comes from one torch.Generator.
+`syndigits` renders the ten digits; `synchars` any character set (e.g. digits + A-Z, 36 classes:
+the large labelled source task for transfer learning), class i = the i-th character.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from string import ascii_uppercase
 
 import numpy as np
 import torch
@@ -19,30 +22,41 @@ from torchvision.transforms.v2 import functional as TF
 # DejaVu*Display fonts (no digits) are excluded.
 FONT_PATTERNS = ("DejaVu*.ttf", "STIXGeneral*.ttf", "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf")
 RENDER_PX = 64
+DIGITS = "0123456789"
+CHARSETS = {"digits": DIGITS, "alnum": DIGITS + ascii_uppercase}  # named character sets
 
 
-def font_paths() -> list[Path]:
+def charset(name_or_chars: str) -> str:
+    """A named set ('digits', 'alnum') or the characters themselves; each class once."""
+    chars = CHARSETS.get(name_or_chars, name_or_chars)
+    if len(chars) < 2 or len(set(chars)) != len(chars) or any(c.isspace() for c in chars):
+        raise ValueError(
+            f"charset {name_or_chars!r}: need at least 2 distinct, non-blank characters "
+            f"(or one of {', '.join(CHARSETS)})"
+        )
+    return chars
+
+
+def font_paths(chars: str = DIGITS) -> list[Path]:
     import matplotlib
     from matplotlib.ft2font import FT2Font
 
     root = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     found = sorted({p for pat in FONT_PATTERNS for p in root.glob(pat)})
-    usable = [
-        p for p in found if all(FT2Font(str(p)).get_char_index(ord(str(d))) for d in range(10))
-    ]
+    usable = [p for p in found if all(FT2Font(str(p)).get_char_index(ord(c)) for c in chars)]
     if not usable:
-        raise FileNotFoundError(f"no font with digit glyphs under {root}")
+        raise FileNotFoundError(f"no font with glyphs for every one of {chars!r} under {root}")
     return usable
 
 
-def _render_glyph(path: Path, digit: int) -> np.ndarray:
+def _render_glyph(path: Path, char: str) -> np.ndarray:
     from matplotlib.ft2font import FT2Font
 
     font = FT2Font(str(path))
     font.set_size(RENDER_PX, 72)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        font.set_text(str(digit))
+        font.set_text(char)
         font.draw_glyphs_to_bitmap()
     img = np.asarray(font.get_image(), dtype=np.float32) / 255.0
     rows, cols = np.nonzero(img > 0.05)
@@ -66,10 +80,10 @@ def _mnist_frame(glyph: np.ndarray, side: int) -> np.ndarray:
     return out
 
 
-def glyph_bank(side: int) -> tuple[torch.Tensor, list[str]]:
-    """(fonts, 10, side, side) clean, MNIST-framed glyphs and the font names."""
-    paths = font_paths()
-    bank = np.stack([[_mnist_frame(_render_glyph(p, d), side) for d in range(10)] for p in paths])
+def glyph_bank(side: int, chars: str = DIGITS) -> tuple[torch.Tensor, list[str]]:
+    """(fonts, len(chars), side, side) clean, MNIST-framed glyphs and the font names."""
+    paths = font_paths(chars)
+    bank = np.stack([[_mnist_frame(_render_glyph(p, c), side) for c in chars] for p in paths])
     return torch.from_numpy(bank), [p.stem for p in paths]
 
 
@@ -81,13 +95,18 @@ def render(
     noise: float = 0.05,
     bank: torch.Tensor | None = None,
     batch: int = 4096,
+    balanced: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n random digits: images (n, 1, side, side) float32 in [0,1], labels, font index."""
+    """n random glyphs of the bank's classes: images (n, 1, side, side) float32 in [0,1], labels,
+    font index. `balanced`: every class n // K or n // K + 1 times (shuffled), else i.i.d."""
     if bank is None:
         bank, _ = glyph_bank(side)
     g = torch.Generator().manual_seed(seed)
-    n_fonts = bank.shape[0]
-    y = torch.randint(0, 10, (n,), generator=g)
+    n_fonts, n_classes = bank.shape[0], bank.shape[1]
+    if balanced:
+        y = (torch.arange(n) % n_classes)[torch.randperm(n, generator=g)]
+    else:
+        y = torch.randint(0, n_classes, (n,), generator=g)
     font = torch.randint(0, n_fonts, (n,), generator=g)
     out = []
     for start in range(0, n, batch):
