@@ -310,7 +310,6 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
         spec.gate.higher_is_better,
         float(getattr(params.stage(spec.name), "gate_margin", 0.0)),
         outcome.gate_context,
-        promote=False,
     )
     outcome.model_version = reg.version
     outcome.model_decision, outcome.model_decision_reason = reg.decision, reg.reason

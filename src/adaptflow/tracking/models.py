@@ -194,14 +194,13 @@ def register_gated(
     higher_is_better: bool,
     margin: float,
     context: Mapping[str, str],
-    promote: bool = True,
 ) -> Registration:
     """Register `model_uri` as a new version of `name` and let the gate decide its alias.
 
     The champion is read BEFORE registering, so a registry error (permissions, server down)
     leaves no undecided version behind. `gate.decision` is the last tag written: a version
-    without it was interrupted mid-way and holds no decision. The alias is set last, by
-    set_champion (here when `promote`, else by the caller once its own steps succeeded).
+    without it was interrupted mid-way and holds no decision. The alias is NOT set here: the
+    caller calls set_champion as its last step, once everything else of its run succeeded.
     """
     if not math.isfinite(value):
         raise ValueError(f"gate value {metric}={value} is not finite: never registered")
@@ -213,7 +212,8 @@ def register_gated(
     via = ""
     if current is None:  # no alias (yet, or removed): the best comparable gated version rules
         current = best_gated(name, metric, higher_is_better, context, client)
-        via = "no champion alias; compared with the best comparable gated version: "
+        if current is not None:
+            via = "no champion alias; compared with the best comparable gated version: "
     gate = decide(
         metric,
         value,
@@ -231,14 +231,12 @@ def register_gated(
         "gate.margin": repr(float(margin)),
         "gate.champion_version": gate.champion_version or "none",
         "gate.champion_value": "none" if gate.champion_value is None else repr(gate.champion_value),
-        "gate.reason": via * (current is not None) + gate.reason,
+        "gate.reason": via + gate.reason,
         **{f"gate.{k}": str(context[k]) for k in (*CONTEXT_KEYS, MODEL_KEY) if k in context},
     }
     tags["gate.decision"] = gate.decision  # a version without it holds no decision
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
-    if promote and gate.decision == CHAMPION:
-        set_champion(name, version, client)
     return Registration(version, gate.decision, tags["gate.reason"])
 
 
