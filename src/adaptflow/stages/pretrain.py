@@ -87,6 +87,10 @@ class DataPlan:
         """N of the budget floor(f·N): every training-split image the stage may label."""
         return len(self.pool) + len(self.monitor)
 
+    def allowed(self, fraction: float) -> int:
+        """floor(f·N): the labels a run at `fraction` may touch (training + selection)."""
+        return math.floor(fraction * self.n_total + 1e-9)  # 1e-9: 0.05 * 4000 is 200, not 199
+
 
 @dataclass(frozen=True)
 class LabelBudget:
@@ -120,7 +124,7 @@ def label_budget(
     `adaptflow.stages.validate` refuses budgets below the class count before any run; the raise
     here is a safety net.
     """
-    allowed = math.floor(fraction * plan.n_total + 1e-9)
+    allowed = plan.allowed(fraction)
     n_classes = len(np.unique(y[plan.pool]))
     if allowed < n_classes:
         raise ValueError(

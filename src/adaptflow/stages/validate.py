@@ -85,13 +85,13 @@ def _check_pretrain_budget(params: Params, manifest: dict) -> None:
 
     cfg = params.pretrain
     n_train = manifest["shapes"]["x_train"][0]
-    n = data_plan(n_train, cfg.val_fraction, cfg.max_train, params.seed).n_total
-    n_classes = manifest["num_classes"]
+    plan = data_plan(n_train, cfg.val_fraction, cfg.max_train, params.seed)
+    n, n_classes = plan.n_total, manifest["num_classes"]
     f = min(cfg.label_fractions)
-    if math.floor(f * n + 1e-9) < n_classes:
+    if plan.allowed(f) < n_classes:
         need = math.ceil(n_classes / n * 1e4) / 1e4
         raise _error(
-            f"pretrain.label_fractions: {f:g} x N = {n} images = {math.floor(f * n + 1e-9)} "
+            f"pretrain.label_fractions: {f:g} x N = {n} images = {plan.allowed(f)} "
             f"labels, fewer than the {n_classes} classes of {cfg.dataset!r}; raise the smallest "
             f"fraction to >= {need:g} (or pretrain.max_train)"
         )
