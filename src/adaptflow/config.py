@@ -64,6 +64,9 @@ class SynCharsSource(Frozen):
     max_rotation: float = Field(15.0, ge=0, le=90, description="degrees")
     noise: float = Field(0.05, ge=0, le=0.5, description="std of additive Gaussian pixel noise")
     balanced: bool = Field(True, description="every class equally often (else i.i.d. draws)")
+    elastic: float = Field(
+        1.0, ge=0, le=6, description="std in pixels of a smooth random displacement (0: none)"
+    )
 
     @field_validator("charset")
     @classmethod

@@ -213,7 +213,9 @@ def test_synchars_class_is_its_glyph():
     from adaptflow.config import SynCharsSource
     from adaptflow.data.syndigits import glyph_bank
 
-    cfg = SynCharsSource(kind="synchars", charset="0AX", n_train=300, n_test=30, noise=0.0)
+    cfg = SynCharsSource(
+        kind="synchars", charset="0AX", n_train=300, n_test=30, noise=0.0, elastic=0.0
+    )
     s = load(cfg, 0)
     bank, _ = glyph_bank(28, "0AX")
     templates = bank.mean(0).flatten(1).numpy()  # (3, 784): mean clean glyph per class
@@ -230,3 +232,29 @@ def test_synchars_rejects_a_bad_charset():
     for bad in ("A", "AA", "A B"):
         with pytest.raises(ValidationError, match="distinct, non-blank"):
             SynCharsSource(kind="synchars", charset=bad)
+
+
+def test_elastic_distortion_is_smooth_seeded_and_off_at_zero():
+    """elastic > 0 warps every image (same seed, same warp); 0 leaves the render untouched; the
+    field is smooth (neighbouring pixels move together), not per-pixel noise."""
+    import torch
+
+    from adaptflow.data.syndigits import _elastic_field, glyph_bank, render
+
+    bank, _ = glyph_bank(28, "0AX")
+    kw = {"seed": 3, "side": 28, "noise": 0.0, "bank": bank}
+    plain, y0, _ = render(40, **kw)
+    zero, _, _ = render(40, elastic=0.0, **kw)
+    warped, y1, _ = render(40, elastic=2.0, **kw)
+    again, _, _ = render(40, elastic=2.0, **kw)
+    np.testing.assert_array_equal(plain, zero)
+    np.testing.assert_array_equal(warped, again)
+    np.testing.assert_array_equal(y0, y1)  # the warp draws after labels and fonts
+    changed = np.abs(warped - plain).reshape(40, -1).max(1)
+    assert (changed > 0.1).all()
+
+    field = _elastic_field(torch.Size([64, 1, 28, 28]), torch.Generator().manual_seed(0), 2.0)
+    px = field * 14  # grid units -> pixels (28 px span 2 units)
+    assert abs(px.std().item() - 2.0) < 0.2
+    step = (px[:, 1:] - px[:, :-1]).abs().mean().item()  # neighbours move together
+    assert step < 0.3 * px.abs().mean().item()

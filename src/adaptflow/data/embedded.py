@@ -45,11 +45,12 @@ def digits(cfg, seed: int) -> Split:
     )
 
 
-def _rendered(cfg, seed: int, chars: str, balanced: bool) -> Split:
+def _rendered(cfg, seed: int, chars: str, balanced: bool, elastic: float = 0.0) -> Split:
     from adaptflow.data.syndigits import glyph_bank, render
 
     bank, fonts = glyph_bank(cfg.size, chars)
     kw = {"side": cfg.size, "max_rotation": cfg.max_rotation, "noise": cfg.noise, "bank": bank}
+    kw["elastic"] = elastic
     x_tr, y_tr, _ = render(cfg.n_train, seed=seed, balanced=balanced, **kw)
     x_te, y_te, _ = render(cfg.n_test, seed=seed + 1_000_003, balanced=balanced, **kw)
     return Split(x_tr, y_tr, x_te, y_te, {"origin": "matplotlib fonts", "fonts": fonts})
@@ -68,7 +69,7 @@ def synchars(cfg, seed: int) -> Split:
     from adaptflow.data.syndigits import charset
 
     chars = charset(cfg.charset)
-    split = _rendered(cfg, seed, chars, balanced=cfg.balanced)
+    split = _rendered(cfg, seed, chars, balanced=cfg.balanced, elastic=cfg.elastic)
     split.meta["classes"] = list(chars)  # label i is chars[i]
     return split
 

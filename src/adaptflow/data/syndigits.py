@@ -1,7 +1,7 @@
 """Synthetic characters rendered from the TrueType fonts shipped inside matplotlib.
 
 The seed's synthetic -> real case: clean printed glyphs, made varied by random stroke width,
-affine warp, blur and pixel noise, then framed like MNIST (glyph in a 20x20 box, centred by mass).
+affine warp, optional elastic distortion, blur and pixel noise, then framed like MNIST (glyph in a 20x20 box, centred by mass).
 Deterministic for a seed: every random draw comes from one torch.Generator.
 `syndigits` renders the ten digits; `synchars` any character set (e.g. digits + A-Z, 36 classes:
 the large labelled source task for transfer learning), class i = the i-th character.
@@ -96,9 +96,12 @@ def render(
     bank: torch.Tensor | None = None,
     batch: int = 4096,
     balanced: bool = False,
+    elastic: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n random glyphs of the bank's classes: images (n, 1, side, side) float32 in [0,1], labels,
-    font index. `balanced`: every class n // K or n // K + 1 times (shuffled), else i.i.d."""
+    font index. `balanced`: every class n // K or n // K + 1 times (shuffled), else i.i.d.
+    `elastic`: std of the smooth random displacement field in pixels (0: none; no RNG draw, so
+    existing outputs stay byte-identical)."""
     if bank is None:
         bank, _ = glyph_bank(side)
     g = torch.Generator().manual_seed(seed)
@@ -111,13 +114,13 @@ def render(
     out = []
     for start in range(0, n, batch):
         yb, fb = y[start : start + batch], font[start : start + batch]
-        out.append(_augment(bank[fb, yb][:, None], g, max_rotation, noise))
+        out.append(_augment(bank[fb, yb][:, None], g, max_rotation, noise, elastic))
     x = torch.cat(out).numpy()
     return x, y.numpy().astype(np.int64), font.numpy()
 
 
 def _augment(
-    x: torch.Tensor, g: torch.Generator, max_rotation: float, noise: float
+    x: torch.Tensor, g: torch.Generator, max_rotation: float, noise: float, elastic: float = 0.0
 ) -> torch.Tensor:
     b = x.shape[0]
 
@@ -145,6 +148,8 @@ def _augment(
         1,
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if elastic > 0:
+        grid = grid + _elastic_field(x.shape, g, elastic)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     # blur with a random sigma in [0.1, 1.0] (grouped: one kernel per image is costly; 4 bins)
@@ -160,3 +165,14 @@ def _augment(
     x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6) * peak
     x = x + noise * torch.randn(x.shape, generator=g)
     return x.clamp_(0, 1)
+
+
+def _elastic_field(shape: torch.Size, g: torch.Generator, std_px: float) -> torch.Tensor:
+    """A smooth random displacement field (Simard et al. 2003): white noise on a coarse 4x4 grid,
+    bicubically upsampled (the smoothing), scaled to `std_px` pixels, in grid_sample units."""
+    b, _, h, w = shape
+    coarse = torch.randn((b, 2, 4, 4), generator=g)
+    field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+    field = field / field.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    scale = torch.tensor([2.0 / w, 2.0 / h]).view(1, 2, 1, 1)  # pixels -> [-1, 1] grid units
+    return (field * std_px * scale).permute(0, 2, 3, 1)
