@@ -74,9 +74,16 @@ def pipeline_flow(
         )
         for name in chosen:
             spec = STAGES.get(name)
-            upstream = {d: outcomes[d]["cache_key"] for d in spec.depends_on if d in outcomes}
+            done = [d for d in spec.depends_on if d in outcomes]  # else: from the registry
             out = STAGE_FLOWS[name](
-                params_path, overrides, root, parent.info.run_id, force, progress, upstream
+                params_path,
+                overrides,
+                root,
+                parent.info.run_id,
+                force,
+                progress,
+                {d: outcomes[d]["cache_key"] for d in done},
+                {d: upstream_ref(outcomes[d]) for d in done},
             )
             outcomes[name] = out  # the registry gate ran inside the stage (stages.base.execute)
         runs.log_metrics({k: v for o in outcomes.values() for k, v in o["metrics"].items()})
@@ -87,6 +94,15 @@ def pipeline_flow(
     else:
         log.info("%s not written: %s", metrics_path(root, params.profile), skip)
     return outcomes
+
+
+def upstream_ref(outcome: dict) -> dict:
+    """What a downstream stage gets of a finished one: the run holding its artifacts and its
+    logged models' URIs by label ("" = its single model): models pass through MLflow."""
+    models = {label: m["uri"] for label, m in outcome["models"].items()}
+    if outcome.get("model_uri"):
+        models[""] = outcome["model_uri"]
+    return {"run_id": outcome["artifact_run_id"], "models": models}
 
 
 def report_skip_reason(

@@ -34,6 +34,7 @@ def run_stage_task(
     force: bool,
     progress: bool,
     upstream_keys: dict[str, str],
+    upstream: dict[str, dict],
 ) -> dict:
     from adaptflow.stages import StageContext, execute
     from adaptflow.tracking.store import configure
@@ -48,6 +49,7 @@ def run_stage_task(
         progress=progress,
         force=force,
         upstream_keys=upstream_keys,
+        upstream=upstream,
     )
     return execute(stage, params, ctx).to_dict()
 
@@ -64,6 +66,7 @@ def stage_flow(stage: str):
         force: bool = False,
         progress: bool = True,
         upstream_keys: dict[str, str] | None = None,
+        upstream: dict[str, dict] | None = None,
     ) -> dict:
         overrides = list(overrides or [])
         check_inputs(stage, params_path, overrides)
@@ -76,6 +79,7 @@ def stage_flow(stage: str):
             force,
             progress,
             dict(upstream_keys or {}),
+            dict(upstream or {}),
         )
 
     return _flow

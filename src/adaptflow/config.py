@@ -300,6 +300,164 @@ class PretrainStageConfig(TrainSettings):
         return sorted(v)
 
 
+class BackboneConfig(Frozen):
+    """A timm backbone: `timm.create_model(arch, in_chans=<data channels>, **kwargs)`."""
+
+    arch: str = Field(min_length=1, description="a timm model name, e.g. resnet10t")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="timm.create_model keyword arguments (sizes, depth)"
+    )
+    small_input: bool = Field(
+        True, description="ResNet family: drop the stem max-pool for 28x28 inputs (ViT: no-op)"
+    )
+
+
+DEFAULT_BACKBONES = {
+    "resnet": {"arch": "resnet10t", "kwargs": {"channels": [32, 64, 128, 256], "stem_width": 16}},
+    "vit": {
+        "arch": "vit_tiny_patch16_224",
+        "kwargs": {"img_size": 28, "patch_size": 4, "depth": 6, "embed_dim": 96, "num_heads": 3},
+    },
+}
+
+
+def _label(v: str) -> str:
+    if not v.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"label {v!r} must be letters, digits, '-' or '_'")
+    return v
+
+
+class TransferConfig(Frozen):
+    """The sweep the transfer stages share (source -> features -> finetune): which backbones, the
+    target task, and the label budgets and seeds every arm is measured at."""
+
+    backbones: dict[str, BackboneConfig] = Field(
+        default_factory=lambda: dict(DEFAULT_BACKBONES), min_length=1
+    )
+    target: str = Field("mnist", description="the target task (features and finetune)")
+    label_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.01, 0.1, 1.0], min_length=1
+    )
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1
+    )
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="labelled monitor split: curves, and the gate at f = 1"
+    )
+    max_train: int | None = Field(None, ge=10, description="cap on target training images")
+    max_test: int | None = Field(None, ge=10, description="cap on target test images")
+    convergence_level: float = Field(
+        0.95, gt=0, le=1, description="epochs to reach this share of the best accuracy"
+    )
+
+    @field_validator("backbones")
+    @classmethod
+    def _labels(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for label in v:
+            _label(label)
+        return v
+
+    @field_validator("label_fractions", "seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("values are listed twice")
+        return sorted(v)
+
+
+class SourceStageConfig(TrainSettings):
+    """Pretrains each backbone on the large labelled source task (or loads its weights)."""
+
+    dataset: str = Field("synchars", description="the source task (a data source)")
+    pretrained: str = Field(
+        "source",
+        description="source: train here on `dataset`; hub: timm's weights (online only); "
+        "or a path to a checkpoint (.pt state_dict, loaded with weights_only=True)",
+    )
+    warmup_steps: int = Field(100, ge=0, description="linear learning-rate warm-up")
+    patience: int | None = Field(None, ge=1, description="fixed epochs: no early stopping")
+    max_test: int | None = Field(None, ge=10, description="cap on source test images")
+    gate_margin: float = Field(0.0, ge=0, description="source val accuracy gain over champion")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained(cls, v: str) -> str:
+        if v in ("source", "hub"):
+            return v
+        path = Path(v)
+        if not path.is_file():
+            raise ValueError(
+                "expected 'source', 'hub' or the path of an existing checkpoint file "
+                f"({path} does not exist)"
+            )
+        return v
+
+
+class FeaturesStageConfig(Frozen):
+    """Feature extraction: the frozen backbone embeds each dataset; linear heads on the features."""
+
+    datasets: list[str] = Field(default_factory=lambda: ["mnist", "digits"], min_length=1)
+    head_epochs: int = Field(30, ge=1, le=10_000, description="torch linear head budget")
+    head_lr: float = Field(1e-2, gt=0, le=10)
+    head_batch_size: int = Field(256, ge=1, le=65_536)
+    head_weight_decay: float = Field(0.0, ge=0)
+    logreg_c: float = Field(1.0, gt=0, description="sklearn LogisticRegression C")
+    max_test: int | None = Field(None, ge=10, description="cap on test images per dataset")
+    tsne_points: int = Field(500, ge=0, description="points in each t-SNE plot (0: no plot)")
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("datasets are listed twice")
+        return v
+
+
+class FixedBudget(Frozen):
+    """A fixed training budget: no early stopping, no checkpoint selection (no labels spent on it).
+    The data split comes from the section that owns it (e.g. `transfer`)."""
+
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    amp: bool = Field(True, description="mixed precision when on CUDA (ignored on CPU)")
+    log_every: int = Field(20, ge=1, description="steps between loss syncs / progress updates")
+
+    @property
+    def patience(self) -> None:  # Trainer.from_settings reads these: a fixed budget never stops
+        return None
+
+    @property
+    def min_delta(self) -> float:
+        return 0.0
+
+
+class FinetuneStageConfig(FixedBudget):
+    """Fine-tuning (unfreeze the last N blocks) vs scratch (same net, random init, same budget);
+    the feature-extraction arm (linear head on frozen features) is measured beside them."""
+
+    unfreeze: int | Literal["all"] = Field(
+        "all", description="blocks trained from the top (all: every layer, the stem too)"
+    )
+    layer_decay: float = Field(
+        0.7, gt=0, le=1, description="lr of block k from the top = lr * layer_decay**k"
+    )
+    warmup_steps: int = Field(20, ge=0, description="linear learning-rate warm-up")
+    min_steps: int = Field(
+        60, ge=1, description="step floor per run (small label budgets get more epochs)"
+    )
+    weight_decay: float = Field(0.05, ge=0)
+    gate_margin: float = Field(0.0, ge=0, description="gate_val_acc gain over the champion")
+
+    @field_validator("unfreeze")
+    @classmethod
+    def _unfreeze(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("unfreeze at least 1 block (0 = feature extraction, its own arm)")
+        return v
+
+
 class Params(Frozen):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -311,6 +469,10 @@ class Params(Frozen):
     data: DataConfig
     ae: AEStageConfig = Field(default_factory=AEStageConfig)
     pretrain: PretrainStageConfig = Field(default_factory=PretrainStageConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    source: SourceStageConfig = Field(default_factory=SourceStageConfig)
+    features: FeaturesStageConfig = Field(default_factory=FeaturesStageConfig)
+    finetune: FinetuneStageConfig = Field(default_factory=FinetuneStageConfig)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def stage(self, name: str) -> Frozen:
@@ -422,19 +584,32 @@ def _check_cross_refs(p: Params) -> None:
     # What needs the prepared data (classes, image side, size) is in stages/validate.py.
     sequence_kinds = {"mnist1d"}
     images = [n for n, s in p.data.sources.items() if s.kind not in sequence_kinds]
-    for stage in ("ae", "pretrain"):  # the image stages
-        dataset = getattr(p, stage).dataset
+    image_refs = [
+        ("ae.dataset", p.ae.dataset),
+        ("pretrain.dataset", p.pretrain.dataset),
+        ("source.dataset", p.source.dataset),
+        ("transfer.target", p.transfer.target),
+        *((f"features.datasets[{i}]", d) for i, d in enumerate(p.features.datasets)),
+    ]
+    for key, dataset in image_refs:  # the image stages
+        stage = key.split(".")[0]
         if dataset not in p.data.sources:
             raise ParamsError(
-                f"invalid params:\n  {stage}.dataset = {dataset!r}: not a data source; "
+                f"invalid params:\n  {key} = {dataset!r}: not a data source; "
                 f"valid: {', '.join(p.data.sources)}"
             )
         if p.data.sources[dataset].kind in sequence_kinds:
             raise ParamsError(
-                f"invalid params:\n  {stage}.dataset = {dataset!r}: a sequence source (kind "
+                f"invalid params:\n  {key} = {dataset!r}: a sequence source (kind "
                 f"{p.data.sources[dataset].kind}), {stage} needs images; "
                 f"image sources: {', '.join(images) or 'none configured'}"
             )
+    if max(p.transfer.label_fractions) < 1.0:
+        raise ParamsError(
+            f"invalid params:\n  transfer.label_fractions = {p.transfer.label_fractions}: the "
+            "largest fraction must be 1.0 (the registry gate measures the f=1 models on the "
+            "monitor split, inside that budget only); append 1.0"
+        )
     _check_pretrain(p.pretrain)
     if p.ae.register_method not in p.ae.methods or p.ae.register_method == "pca":
         raise ParamsError(

@@ -13,12 +13,8 @@ from adaptflow.methods.pretrain.classifier import FineTuner, fine_tune
 from adaptflow.methods.pretrain.greedy import codes, greedy_pretrain
 from adaptflow.models.rbm import RBM
 from adaptflow.models.stacked import DeepClassifier, StackedEncoder
-from adaptflow.stages.pretrain import (
-    build_arm,
-    chance_threshold,
-    epochs_to_common_level,
-    epochs_to_reach,
-)
+from adaptflow.stages.budget import chance_threshold, epochs_to_common_level, epochs_to_reach
+from adaptflow.stages.pretrain import build_arm
 
 CPU = torch.device("cpu")
 

@@ -16,14 +16,8 @@ from adaptflow.methods.pretrain.classifier import fine_tune
 from adaptflow.methods.pretrain.greedy import greedy_pretrain
 from adaptflow.stages import pretrain as stage
 from adaptflow.stages.base import split_fingerprint
-from adaptflow.stages.pretrain import (
-    NOT_TESTED,
-    build_arm,
-    data_plan,
-    gate_indices,
-    label_budget,
-    verdicts,
-)
+from adaptflow.stages.budget import data_plan, epochs_to_common_level, gate_indices, label_budget
+from adaptflow.stages.pretrain import NOT_TESTED, build_arm, verdicts
 
 CPU = torch.device("cpu")
 
@@ -177,7 +171,7 @@ def test_an_arm_stalling_low_does_not_win_the_convergence_claim():
     for seed in range(3):
         random = [0.2, 0.35, 0.4 + 0.001 * seed] + [0.4] * 12
         greedy = [0.3 + 0.05 * i for i in range(11)] + [0.85 + 0.01 * seed] * 4
-        reached = stage.epochs_to_common_level({"greedy": greedy, "random": random}, 0.95, 10)
+        reached = epochs_to_common_level({"greedy": greedy, "random": random}, 0.95, 10)
         for f in (0.01, 1.0):
             for arm, curve in (("greedy", greedy), ("random", random)):
                 ep = math.nan if reached[arm] is None else float(reached[arm])

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Gate:
     """How a stage's registered model earns `champion`: `metric` (a key of the outcome's metrics,
-    measured on the registered model itself, never on test data) and its direction."""
+    measured on the registered model itself, never on test data) and its direction. A stage that
+    registers one model per label (e.g. per backbone) writes `{label}` in the metric key; each
+    label's version competes for its own alias `champion-<label>`."""
 
     metric: str
     higher_is_better: bool
+
+    def metric_for(self, label: str) -> str:
+        return self.metric.format(label=label) if label else self.metric
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class StageSpec:
     # headline keys that may legitimately be absent (e.g. a method left out of the config);
     # any other headline key, and the gate metric, must be present AND finite to register
     optional_metrics: tuple[str, ...] = ()
+    # params sections besides its own that change its results (e.g. a sweep shared by stages):
+    # in the cache key and logged as params
+    shared_params: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,21 @@ class StageContext:
     progress: bool = True
     force: bool = False
     upstream_keys: dict[str, str] = field(default_factory=dict)
+    # what the pipeline passes along from the stages this one depends on: {stage: {"run_id":
+    # the run holding its artifacts, "models": {label: model URI}}}. A stage run alone gets its
+    # upstream models from the registry instead (`execute` fills this in; see resolve_upstream).
+    upstream: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class LabelledModel:
+    """One of several models a stage registers (e.g. one per backbone), gated under its label."""
+
+    uri: str
+    gate_context: dict[str, str]
+    version: str | None = None
+    decision: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -85,9 +108,19 @@ class StageOutcome:
     gate_context: dict[str, str] = field(default_factory=dict)  # digest, input shape, split
     model_decision: str | None = None  # champion | challenger | not registered (set by execute)
     model_decision_reason: str | None = None
+    # stages registering one model per label (e.g. per backbone) fill this instead of model_uri
+    models: dict[str, LabelledModel] = field(default_factory=dict)
+    artifact_run_id: str = ""  # the run holding the artifacts (the cached run on a cache hit)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["models"] = {k: dict(v.__dict__) for k, v in self.models.items()}
+        return out
+
+    def model_uris(self) -> dict[str, str]:
+        """{label: logged model URI}: what a downstream stage loads ("" = the single model)."""
+        single = {"": self.model_uri} if self.model_uri else {}
+        return single | {k: m.uri for k, m in self.models.items()}
 
 
 STAGES: Registry[StageSpec] = Registry("stage")
@@ -156,6 +189,9 @@ def cache_key(
     device: torch.device | str,
 ) -> str:
     stage_params = params.stage(stage).model_dump(mode="json")
+    spec = STAGES.get(stage) if stage in STAGES else None
+    for section in spec.shared_params if spec else ():
+        stage_params[f"shared:{section}"] = params.stage(section).model_dump(mode="json")
     payload = {
         "stage": stage,
         "params": {k: v for k, v in stage_params.items() if k not in DISPLAY_KNOBS},
@@ -174,13 +210,42 @@ def load_inputs(params: Params, spec: StageSpec) -> dict[str, Prepared]:
     return {name: load_prepared(params.data.prepared_dir, name) for name in spec.datasets(params)}
 
 
+def resolve_upstream(spec: StageSpec, params: Params, ctx: StageContext) -> dict[str, dict]:
+    """{dependency: {"key", "run_id", "models"}} for each stage `spec` depends on: what the
+    pipeline passed along, else (a stage run alone) the dependency's champions in the registry
+    (`<prefix>-<dep>@champion` and `@champion-<label>`): never a path guessed on disk. "key"
+    enters the cache key, so a moved champion recomputes the stage."""
+    from adaptflow.tracking.models import registered_champions
+
+    out = {}
+    for dep in spec.depends_on:
+        if dep in ctx.upstream or dep in ctx.upstream_keys:
+            ref = dict(ctx.upstream.get(dep, {}))
+            ref.setdefault("models", {})
+            ref.setdefault("run_id", "")
+            ref["key"] = ctx.upstream_keys.get(dep, ref.get("key", ""))
+            out[dep] = ref
+            continue
+        name = params.model_name(dep)
+        found = registered_champions(name)
+        out[dep] = {
+            "run_id": "",
+            "models": {label: uri for label, (_, uri) in found.items()},
+            "key": "registry:" + ",".join(f"{lab or '-'}=v{v}" for lab, (v, _) in found.items()),
+            "source": f"registry {name}",
+        }
+    return out
+
+
 def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
     from adaptflow.tracking import runs
 
     spec = STAGES.get(name)
     data = load_inputs(params, spec)
     digests = {k: v.digest for k, v in data.items()}
-    key = cache_key(name, params, digests, ctx.upstream_keys, ctx.device)
+    upstream = resolve_upstream(spec, params, ctx)
+    ctx = replace(ctx, upstream=upstream)
+    key = cache_key(name, params, digests, {d: u["key"] for d, u in upstream.items()}, ctx.device)
     cached = None if ctx.force else runs.find_cached(ctx.experiment_id, name, key)
     miss_reason = None if cached is None else runs.cache_broken(cached)
     if miss_reason is not None:
@@ -195,6 +260,7 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
         "adaptflow.profile": params.profile,
         "adaptflow.git_commit": runs.git_commit(ctx.root),
         "adaptflow.selection": spec.selection,
+        **{f"adaptflow.upstream.{d}": u["key"][:500] for d, u in upstream.items()},
     }
     if miss_reason is not None:
         tags[runs.TAG_MISS] = miss_reason[:5000]
@@ -216,10 +282,17 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
                 t.get("adaptflow.model_uri"),
                 model_decision=t.get(runs.TAG_DECISION),
                 model_decision_reason=t.get(runs.TAG_REASON),
+                models={
+                    k: LabelledModel(**v)
+                    for k, v in json.loads(t.get(runs.TAG_MODELS, "{}")).items()
+                },
+                artifact_run_id=cached.info.run_id,
             )
             _refresh_decision(hit)
             return hit
         runs.log_params(params.stage(name).model_dump(mode="json"), prefix=name)
+        for section in spec.shared_params:
+            runs.log_params(params.stage(section).model_dump(mode="json"), prefix=section)
         runs.log_params({"seed": params.seed, "device": str(ctx.device), "profile": params.profile})
         for ds_name, prepared in data.items():
             runs.log_dataset(
@@ -232,6 +305,7 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
             )
         outcome = spec.run(params, ctx, data)
         outcome.stage, outcome.run_id, outcome.cache_key = name, active.info.run_id, key
+        outcome.artifact_run_id = active.info.run_id
         runs.record_artifacts()
         _gate(spec, params, outcome)  # the last step: nothing after it can fail a champion
         return outcome
@@ -241,97 +315,136 @@ def _refresh_decision(hit: StageOutcome) -> None:
     """A cache hit reports the registry as it is NOW, not the decision made when the cached run
     registered its version (the alias may have moved to a later version since)."""
     from adaptflow.tracking import runs
-    from adaptflow.tracking.models import CHALLENGER, CHAMPION, champion
 
-    if not (hit.model_name and hit.model_version):
-        return
-    current = champion(hit.model_name)
-    now = None if current is None else str(current.version)
-    if now == hit.model_version:
-        if hit.model_decision != CHAMPION:
-            hit.model_decision = CHAMPION
-            hit.model_decision_reason = f"champion now (was {hit.model_decision_reason})"
-    elif hit.model_decision == CHAMPION or now is not None:
-        moved = "no champion now" if now is None else f"champion moved to v{now}"
-        hit.model_decision = f"{CHALLENGER} ({moved})"
-        hit.model_decision_reason = (
-            f"cache hit of v{hit.model_version}, {moved}; at registration: "
-            f"{hit.model_decision_reason}"
+    if hit.model_name and hit.model_version:
+        hit.model_decision, hit.model_decision_reason = _decision_now(
+            hit.model_name, "", hit.model_version, hit.model_decision, hit.model_decision_reason
         )
-    runs.set_model_tags(
-        hit.model_name, hit.model_version, hit.model_decision, hit.model_decision_reason
-    )
+        runs.set_model_tags(
+            hit.model_name, hit.model_version, hit.model_decision, hit.model_decision_reason
+        )
+    for label, m in hit.models.items():
+        if hit.model_name and m.version:
+            m.decision, m.reason = _decision_now(
+                hit.model_name, label, m.version, m.decision, m.reason
+            )
+    if hit.models:
+        runs.set_labelled_models(hit.model_name or "", hit.models)
+
+
+def _decision_now(
+    name: str, label: str, version: str, decision: str | None, reason: str | None
+) -> tuple[str | None, str | None]:
+    from adaptflow.tracking.models import CHALLENGER, CHAMPION, alias_for, champion
+
+    current = champion(name, alias=alias_for(label))
+    now = None if current is None else str(current.version)
+    if now == version:
+        if decision != CHAMPION:
+            return CHAMPION, f"champion now (was {reason})"
+        return decision, reason
+    if decision == CHAMPION or now is not None:
+        moved = "no champion now" if now is None else f"champion moved to v{now}"
+        return (
+            f"{CHALLENGER} ({moved})",
+            f"cache hit of v{version}, {moved}; at registration: {reason}",
+        )
+    return decision, reason
 
 
 def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
-    """Register the stage's logged model through the registry gate, once run() has finished.
+    """Register the stage's logged model(s) through the registry gate, once run() has finished.
 
     A non-finite gate value or headline metric (a diverged run) is never registered. A stage
-    without a gate registers nothing (its logged model stays a plain run artifact).
+    without a gate registers nothing (its logged model stays a plain run artifact). A stage with
+    labelled models registers each as a version of the same name, gated on `metric_for(label)`
+    against the version holding `champion-<label>`; the aliases are set last, together.
     """
     from adaptflow.tracking import runs
     from adaptflow.tracking.models import (
         CHAMPION,
         NOT_REGISTERED,
         abort_version,
-        register_gated,
+        alias_for,
         set_champion,
     )
 
-    if not outcome.model_uri:
+    if not outcome.model_uri and not outcome.models:
         return
     if spec.gate is None:
         log.warning("stage %s logged a model but declares no gate: not registered", spec.name)
         return
-    metric = spec.gate.metric
-    if "test" in metric.split("/")[-1]:  # selection on test data would leak into every verdict
-        raise ValueError(f"stage {spec.name}: gate metric {metric!r} is a test metric")
+    if "test" in spec.gate.metric.split("/")[-1]:  # selection on test would leak into verdicts
+        raise ValueError(f"stage {spec.name}: gate metric {spec.gate.metric!r} is a test metric")
     outcome.model_name = outcome.model_name or params.model_name(spec.name)
-    required = [metric, *(k for k in spec.headline if k not in spec.optional_metrics)]
-    # a missing metric is a failure too: a stage's summary may drop a non-finite value
-    bad = {
+    required = [k for k in spec.headline if k not in spec.optional_metrics]
+    bad = _bad_metrics(outcome, required)
+    candidates = ([("", outcome.model_uri, outcome.gate_context)] if outcome.model_uri else []) + [
+        (label, m.uri, m.gate_context) for label, m in outcome.models.items()
+    ]
+    registered: list[tuple[str, str, str]] = []  # (label, version, decision)
+    try:
+        for label, uri, context in candidates:
+            metric = spec.gate.metric_for(label)
+            why = bad or _bad_metrics(outcome, [metric])
+            if why:
+                version = None
+                decision, reason = NOT_REGISTERED, f"non-finite or missing metrics {why}"
+                log.warning("stage %s: %s, model %r not registered", spec.name, reason, label)
+            else:
+                version, decision, reason = _register(
+                    spec, params, outcome, label, metric, uri, context
+                )
+                registered.append((label, version, decision))
+                log.info(
+                    "stage %s: %s v%s (%s) is %s: %s",
+                    spec.name,
+                    outcome.model_name,
+                    version,
+                    label or "the stage model",
+                    decision,
+                    reason,
+                )
+            if label:
+                m = outcome.models[label]
+                m.version, m.decision, m.reason = version, decision, reason
+            else:
+                outcome.model_version = version
+                outcome.model_decision, outcome.model_decision_reason = decision, reason
+                runs.set_model_tags(outcome.model_name, version, decision, reason)
+        if outcome.models:
+            runs.set_labelled_models(outcome.model_name, outcome.models)
+        for label, version, decision in registered:  # the aliases last
+            if decision == CHAMPION:
+                set_champion(outcome.model_name, version, alias=alias_for(label))
+    except BaseException as e:
+        # the run will end FAILED: its versions must not count as gated results later (the
+        # no-alias comparison only reads champion/challenger decisions)
+        for _, version, _ in registered:
+            abort_version(outcome.model_name, version, f"{type(e).__name__}: {e}")
+        raise
+
+
+def _bad_metrics(outcome: StageOutcome, keys: list[str]) -> dict[str, Any]:
+    """Missing or non-finite metrics among `keys` (a summary may drop a non-finite value)."""
+    return {
         k: outcome.metrics.get(k, "missing")
-        for k in required
+        for k in keys
         if k not in outcome.metrics or not math.isfinite(outcome.metrics[k])
     }
-    if bad:
-        outcome.model_decision = NOT_REGISTERED
-        outcome.model_decision_reason = f"non-finite or missing metrics {bad}"
-        log.warning("stage %s: %s, model not registered", spec.name, outcome.model_decision_reason)
-        runs.set_model_tags(
-            outcome.model_name, None, outcome.model_decision, outcome.model_decision_reason
-        )
-        return
+
+
+def _register(spec, params, outcome, label, metric, uri, context) -> tuple[str, str, str]:
+    from adaptflow.tracking.models import alias_for, register_gated
+
     reg = register_gated(
-        outcome.model_uri,
+        uri,
         outcome.model_name,
         metric,
         float(outcome.metrics[metric]),
         spec.gate.higher_is_better,
         float(getattr(params.stage(spec.name), "gate_margin", 0.0)),
-        outcome.gate_context,
+        context,
+        alias=alias_for(label),
     )
-    outcome.model_version = reg.version
-    outcome.model_decision, outcome.model_decision_reason = reg.decision, reg.reason
-    log.info(
-        "stage %s: %s v%s is %s: %s",
-        spec.name,
-        outcome.model_name,
-        reg.version,
-        reg.decision,
-        reg.reason,
-    )
-    try:
-        runs.set_model_tags(
-            outcome.model_name,
-            outcome.model_version,
-            outcome.model_decision,
-            outcome.model_decision_reason,
-        )
-        if reg.decision == CHAMPION:  # the alias last: a failure above leaves no champion claim
-            set_champion(outcome.model_name, reg.version)
-    except BaseException as e:
-        # the run will end FAILED: its version must not count as a gated result later (the
-        # no-alias comparison only reads champion/challenger decisions)
-        abort_version(outcome.model_name, reg.version, f"{type(e).__name__}: {e}")
-        raise
+    return reg.version, reg.decision, reg.reason

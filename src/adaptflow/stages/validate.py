@@ -79,9 +79,9 @@ def _check_pretrain(params: Params) -> None:
 def _check_pretrain_budget(params: Params, manifest: dict) -> None:
     """Every label fraction affords one label per class, and the f = 1 model has gate labels.
 
-    N = pool + monitor of `stages.pretrain.data_plan` (the stage keeps its own raise as a net).
+    N = pool + monitor of `stages.budget.data_plan` (the stage keeps its own raise as a net).
     """
-    from adaptflow.stages.pretrain import data_plan
+    from adaptflow.stages.budget import data_plan
 
     cfg = params.pretrain
     n_train = manifest["shapes"]["x_train"][0]

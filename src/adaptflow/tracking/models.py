@@ -91,8 +91,32 @@ def is_missing(e: MlflowException) -> bool:
     return e.error_code in _MISSING
 
 
-def champion(name: str, client: MlflowClient | None = None):
-    """The `champion` ModelVersion of `name`, or None when there is none yet.
+def alias_for(label: str) -> str:
+    """The alias a version competes for: `champion`, or `champion-<label>` for a stage that
+    registers one model per label (e.g. per backbone) under one name."""
+    return f"{CHAMPION}-{label}" if label else CHAMPION
+
+
+def registered_champions(name: str, client: MlflowClient | None = None) -> dict[str, tuple]:
+    """{label: (version, "models:/<name>/<version>")} of every champion alias of `name` (label ""
+    for `champion`, else the part after `champion-`); {} when `name` is not registered."""
+    client = client or MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as e:
+        if is_missing(e):
+            return {}
+        raise
+    out = {}
+    for alias, version in sorted(model.aliases.items()):
+        if alias == CHAMPION or alias.startswith(f"{CHAMPION}-"):
+            label = alias.removeprefix(CHAMPION).removeprefix("-")
+            out[label] = (str(version), f"models:/{name}/{version}")
+    return out
+
+
+def champion(name: str, client: MlflowClient | None = None, alias: str = CHAMPION):
+    """The ModelVersion holding `alias` (`champion`) of `name`, or None when there is none yet.
 
     mlflow 3.17 (sqlalchemy store, and the REST store relaying the server's error code): a
     registered model that does not exist raises RESOURCE_DOES_NOT_EXIST, but a missing *alias*
@@ -107,7 +131,7 @@ def champion(name: str, client: MlflowClient | None = None):
         if is_missing(e):
             return None
         raise
-    version = model.aliases.get(CHAMPION)
+    version = model.aliases.get(alias)
     return None if version is None else client.get_model_version(name, str(version))
 
 
@@ -194,6 +218,7 @@ def register_gated(
     higher_is_better: bool,
     margin: float,
     context: Mapping[str, str],
+    alias: str = CHAMPION,
 ) -> Registration:
     """Register `model_uri` as a new version of `name` and let the gate decide its alias.
 
@@ -208,7 +233,7 @@ def register_gated(
     if missing:
         raise ValueError(f"gate context lacks {missing}: the version could never be compared")
     client = MlflowClient()
-    current = champion(name, client)
+    current = champion(name, client, alias)
     via = ""
     if current is None:  # no alias (yet, or removed): the best comparable gated version rules
         current = best_gated(name, metric, higher_is_better, context, client)
@@ -240,9 +265,11 @@ def register_gated(
     return Registration(version, gate.decision, tags["gate.reason"])
 
 
-def set_champion(name: str, version: str, client: MlflowClient | None = None) -> None:
-    """Move the `champion` alias to `version` (the caller's last step, after every tag)."""
-    (client or MlflowClient()).set_registered_model_alias(name, CHAMPION, version)
+def set_champion(
+    name: str, version: str, client: MlflowClient | None = None, alias: str = CHAMPION
+) -> None:
+    """Move the `champion` alias (or `alias`) to `version` (the caller's last step)."""
+    (client or MlflowClient()).set_registered_model_alias(name, alias, version)
 
 
 ABORTED = "aborted"

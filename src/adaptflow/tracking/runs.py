@@ -23,6 +23,7 @@ TAG_FROM = "adaptflow.cached_from"
 TAG_MISS = "adaptflow.cache_miss_reason"  # a matching cached run existed but was unusable
 TAG_DECISION = "adaptflow.model_decision"  # the registry gate's decision (or "not registered")
 TAG_REASON = "adaptflow.model_decision_reason"
+TAG_MODELS = "adaptflow.models"  # JSON {label: {uri, gate_context, version, decision, reason}}
 MANIFEST = "adaptflow/artifacts.json"
 
 
@@ -140,6 +141,12 @@ def set_model_tags(name: str, version: str | None, decision: str, reason: str) -
     mlflow.set_tags(tags)
 
 
+def set_labelled_models(name: str, models: Mapping[str, Any]) -> None:
+    """A stage's per-label models (e.g. one per backbone) and their gate decisions, as one tag."""
+    body = {k: {**m.__dict__, "reason": (m.reason or "")[:1000]} for k, m in models.items()}
+    mlflow.set_tags({"adaptflow.model_name": name, TAG_MODELS: json.dumps(body, sort_keys=True)})
+
+
 def record_artifacts() -> None:
     """Write the active run's artifact list (MANIFEST) so a cache hit can check nothing is gone."""
     client = MlflowClient()
@@ -171,8 +178,17 @@ def cache_broken(source) -> str | None:
     tags = source.data.tags
     if tags.get("adaptflow.model_uri") and (why := model_missing(tags["adaptflow.model_uri"])):
         return why
-    if tags.get("adaptflow.model_version"):
-        return version_missing(tags["adaptflow.model_name"], tags["adaptflow.model_version"])
+    if tags.get("adaptflow.model_version") and (
+        why := version_missing(tags["adaptflow.model_name"], tags["adaptflow.model_version"])
+    ):
+        return why
+    for label, m in json.loads(tags.get(TAG_MODELS, "{}")).items():
+        if why := model_missing(m["uri"]):
+            return f"{label}: {why}"
+        if m.get("version") and (
+            why := version_missing(tags["adaptflow.model_name"], m["version"])
+        ):
+            return f"{label}: {why}"
     return None
 
 
