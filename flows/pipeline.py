@@ -16,8 +16,9 @@ from prefect import flow
 from adaptflow.config import load_params, parse_overrides
 from flows.ae import ae_flow
 from flows.pretrain import pretrain_flow
+from flows.source import source_flow
 
-STAGE_FLOWS = {"ae": ae_flow, "pretrain": pretrain_flow}  # pipeline order
+STAGE_FLOWS = {"ae": ae_flow, "pretrain": pretrain_flow, "source": source_flow}  # pipeline order
 log = logging.getLogger(__name__)
 
 

@@ -119,6 +119,13 @@ def _print_outcomes(outcomes: dict, seconds: float, profile: str) -> None:
         model = f"{o['model_name']} v{o['model_version']}" if o.get("model_version") else "-"
         if o.get("model_decision"):  # the gate's decision; on a cache hit, the registry now
             model = f"{model if o.get('model_version') else o['model_name']}: {o['model_decision']}"
+        if o.get("models"):  # one version per label (e.g. backbone), each gated on its own alias
+            model = f"{o['model_name']}: " + ", ".join(
+                f"{label} v{m['version']} {m['decision']}"
+                if m.get("version")
+                else f"{label} {m['decision']}"
+                for label, m in o["models"].items()
+            )
         table.add_row(name, "yes" if o["cache_hit"] else "no", metrics, model, o["run_id"][:12])
     Console().print(table)
     Console().print("Browse the runs: [bold]make ui[/] (MLflow UI on http://127.0.0.1:5000)")

@@ -191,7 +191,7 @@ def cache_key(
     stage_params = params.stage(stage).model_dump(mode="json")
     spec = STAGES.get(stage) if stage in STAGES else None
     for section in spec.shared_params if spec else ():
-        stage_params[f"shared:{section}"] = params.stage(section).model_dump(mode="json")
+        stage_params[f"shared:{section}"] = shared_section(params, section)
     payload = {
         "stage": stage,
         "params": {k: v for k, v in stage_params.items() if k not in DISPLAY_KNOBS},
@@ -204,6 +204,18 @@ def cache_key(
         "upstream": upstream,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def shared_section(params: Params, dotted: str) -> Any:
+    """The JSON of a params section (or a key of one: "transfer.backbones") a stage shares."""
+    node: Any = params
+    for key in dotted.split("."):
+        node = getattr(node, key)
+    if isinstance(node, dict):
+        return {
+            k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in node.items()
+        }
+    return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
 
 
 def load_inputs(params: Params, spec: StageSpec) -> dict[str, Prepared]:
@@ -292,7 +304,7 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
             return hit
         runs.log_params(params.stage(name).model_dump(mode="json"), prefix=name)
         for section in spec.shared_params:
-            runs.log_params(params.stage(section).model_dump(mode="json"), prefix=section)
+            runs.log_params(shared_section(params, section), prefix=section)
         runs.log_params({"seed": params.seed, "device": str(ctx.device), "profile": params.profile})
         for ds_name, prepared in data.items():
             runs.log_dataset(

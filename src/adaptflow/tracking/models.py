@@ -32,9 +32,9 @@ NOT_REGISTERED = "not registered"
 # What loading + predicting a logged adaptflow model imports beyond mlflow itself (mlflow pins its
 # own version in requirements.txt): torch, numpy, pydantic (method configs), rich (the Trainer's
 # progress bars, imported by every method module), scikit-learn (the PCA method and metrics
-# modules). tests/tracking/test_models.py loads models in a fresh process and fails when
-# something they import is neither listed here nor pulled in by what is.
-RUNTIME_PACKAGES = ("torch", "numpy", "pydantic", "rich", "scikit-learn")
+# modules), timm (the transfer stages' backbones). tests/tracking/test_models.py loads models in
+# a fresh process and fails when something they import is neither listed here nor pulled in.
+RUNTIME_PACKAGES = ("torch", "numpy", "pydantic", "rich", "scikit-learn", "timm")
 CONTEXT_KEYS = ("dataset_digest", "input_shape", "val_split")  # required; must match to compare
 # the network interface the stage declares (e.g. "ae-mlp-code32"): compared when present; a
 # version without it (older versions, or a stage that does not declare it) is not comparable
