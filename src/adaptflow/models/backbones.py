@@ -106,6 +106,8 @@ def _create_from_hub(arch: str, **kwargs) -> nn.Module:
     try:  # offline: the local HF cache may still hold the weights
         with _hf_offline():
             return _create(arch, True, **kwargs)
+    except ValueError:  # a kwarg the architecture does not take: not a hub problem
+        raise
     except Exception as e:
         raise HubUnavailableError(
             f"timm hub weights for {arch!r} need internet ({why}) and are not in the local "
