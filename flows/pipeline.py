@@ -15,10 +15,18 @@ from prefect import flow
 
 from adaptflow.config import load_params, parse_overrides
 from flows.ae import ae_flow
+from flows.features import features_flow
+from flows.finetune import finetune_flow
 from flows.pretrain import pretrain_flow
 from flows.source import source_flow
 
-STAGE_FLOWS = {"ae": ae_flow, "pretrain": pretrain_flow, "source": source_flow}  # pipeline order
+STAGE_FLOWS = {  # pipeline order
+    "ae": ae_flow,
+    "pretrain": pretrain_flow,
+    "source": source_flow,
+    "features": features_flow,
+    "finetune": finetune_flow,
+}
 log = logging.getLogger(__name__)
 
 

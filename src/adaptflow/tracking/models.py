@@ -350,3 +350,15 @@ def version_missing(name: str, version: str) -> str | None:
             return f"registered version {name} v{version} was deleted"
         raise
     return None
+
+
+def load_torch_model(model_uri: str, what: str = "model") -> torch.nn.Module:
+    """The torch module logged at `model_uri` (a run/logged-model URI or models:/name/version),
+    on the CPU in eval mode. A URI that no longer resolves is a clear error naming it."""
+    try:
+        model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    except (MlflowException, OSError) as e:
+        raise FileNotFoundError(
+            f"{what}: cannot load {model_uri} ({e}); re-run the stage that logged it"
+        ) from e
+    return model.eval()

@@ -117,6 +117,10 @@ def log_dataset(
     mlflow.log_input(ds, context=context)
 
 
+def set_tags(tags: Mapping[str, str]) -> None:
+    mlflow.set_tags(dict(tags))
+
+
 def log_figure(fig, path: str) -> None:
     import matplotlib.pyplot as plt
 
@@ -126,6 +130,25 @@ def log_figure(fig, path: str) -> None:
 
 def log_text(text: str, path: str) -> None:
     mlflow.log_text(text, path)
+
+
+def log_arrays(arrays: Mapping[str, np.ndarray], path: str) -> None:
+    """Arrays as one compressed .npz artifact at `path` (e.g. features/resnet/mnist.npz)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / Path(path).name
+        np.savez_compressed(file, **arrays)
+        mlflow.log_artifact(str(file), str(Path(path).parent))
+
+
+def load_arrays(run_id: str, path: str) -> dict[str, np.ndarray] | None:
+    """The .npz artifact `path` of run `run_id`, or None when the run has no such artifact."""
+    present = {a.path for a in MlflowClient().list_artifacts(run_id, str(Path(path).parent))}
+    if path not in present:
+        return None
+    with np.load(MlflowClient().download_artifacts(run_id, path)) as z:
+        return {k: z[k] for k in z.files}
 
 
 def log_text_to(run_id: str, text: str, path: str) -> None:

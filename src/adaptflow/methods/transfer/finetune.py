@@ -36,7 +36,7 @@ def lr_schedule(
         group["initial_lr"] = lr
     return CosineLRScheduler(
         optimizer,
-        t_initial=max(1, total_steps - warmup_steps),
+        t_initial=max(2, total_steps - warmup_steps),  # 1 makes timm warn (no cosine to run)
         warmup_t=warmup_steps,
         warmup_lr_init=lr / (warmup_steps + 1),
         warmup_prefix=True,  # the cosine starts at lr exactly when warm-up ends

@@ -1,0 +1,295 @@
+"""Stage `finetune`: feature extraction vs fine-tuning vs scratch, over label budgets (seed Q4-Q5).
+
+For each backbone, seed and label fraction f of the target task (`transfer`), three arms train
+on the same labelled subset:
+- `features`: the frozen source backbone's features (the `features` stage's artifact when the
+  pipeline passes it along, else extracted here) + a new linear head;
+- `finetune`: the source backbone with a new head, the last `finetune.unfreeze` blocks trained
+  with layer-wise lr decay (the head at lr, block k from the top at lr·decay^k) and warm-up;
+- `scratch`: the same architecture from random init, every layer, the same epochs, steps, lr
+  schedule and batch size as `finetune` (uniform lr: there is nothing pretrained to protect).
+
+Label budget (as `pretrain`): N = the target's training split; a seeded monitor split is held out
+of the pool; at f the arms train on a stratified floor(f·N) of the pool for a fixed budget (no
+early stopping, last epoch kept): no labels are spent on selection. The monitor draws per-epoch
+accuracy curves (time and epochs to a common accuracy target) and selects nothing below f = 1.
+At f = 1 (pool + monitor = N, inside the budget) the monitor's two halves choose the registered
+arm (first half) and measure its registry gate (second half): the gate is never measured on the
+data that chose the arm. Test data is reported only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+
+from adaptflow.data import Prepared
+from adaptflow.stages.base import (
+    STAGES,
+    Gate,
+    LabelledModel,
+    StageContext,
+    StageOutcome,
+    StageSpec,
+    split_fingerprint,
+)
+from adaptflow.stages.budget import data_plan, gate_indices, label_budget
+from adaptflow.training import seed_everything
+
+ARMS = ("features", "finetune", "scratch")
+KEY = "transfer.label_fractions"
+SELECTION = (
+    "fixed budget, last epoch kept, no checkpoint selection; labels per run (training) <= "
+    "floor(f*N); the monitor split draws curves only; at f=1 (inside the budget) its first "
+    "half picks the registered arm per backbone and its second half measures the registry "
+    "gate; test data selects nothing"
+)
+
+
+def steps_budget(n_fit: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """Epochs of a run on n_fit images: `epochs`, raised so the run takes >= min_steps steps
+    (a 36-image budget would otherwise get 3 optimizer steps). Identical for every arm."""
+    per_epoch = math.ceil(n_fit / batch_size)
+    return max(epochs, math.ceil(min_steps / per_epoch))
+
+
+def monitor_halves(monitor: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The monitor split cut in two, seeded: (arm selection, gate), disjoint."""
+    perm = np.random.default_rng(seed + 7919).permutation(monitor)
+    half = len(perm) // 2
+    return np.sort(perm[:half]), np.sort(perm[half:])
+
+
+def target_features(ctx, label, target, digest, model, split, n_test, device):
+    """(f_train, f_test, extract seconds, where): the features stage's artifact when the pipeline
+    passed its run along and it holds this dataset (same digest), else extracted here."""
+    from adaptflow.models.backbones import embed
+    from adaptflow.tracking import runs
+
+    run_id = ctx.upstream.get("features", {}).get("run_id")
+    arrays = runs.load_arrays(run_id, f"features/{label}/{target}.npz") if run_id else None
+    if arrays is not None and str(arrays["digest"]) == digest and len(arrays["f_test"]) >= n_test:
+        seconds = float(arrays["extract_seconds"]) if "extract_seconds" in arrays else math.nan
+        return arrays["f_train"], arrays["f_test"][:n_test], seconds, f"features run {run_id}"
+    t0 = time.perf_counter()
+    f_train = embed(model, split.x_train, device)
+    f_test = embed(model, split.x_test[:n_test], device)
+    return f_train, f_test, time.perf_counter() - t0, "extracted here"
+
+
+def curve_record(history, key: str = "monitor_acc") -> dict:
+    return {
+        "curve": history.series(key),
+        "epoch_times": np.cumsum(history.series("epoch_seconds")).tolist(),
+    }
+
+
+def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
+    from adaptflow.methods.transfer import accuracy, finetune, train_head
+    from adaptflow.models.backbones import build_backbone
+    from adaptflow.stages import transfer_report
+    from adaptflow.stages.features import source_models
+    from adaptflow.stages.source import backbone_id
+    from adaptflow.tracking import runs
+    from adaptflow.tracking.models import load_torch_model, log_torch_model
+
+    cfg, sweep, fcfg = params.finetune, params.transfer, params.features
+    prepared = data[sweep.target]
+    split = prepared.split
+    x_all, y_all = split.x_train, split.y_train
+    n_test = len(split.x_test) if sweep.max_test is None else min(sweep.max_test, len(split.x_test))
+    x_te, y_te = split.x_test[:n_test], split.y_test[:n_test]
+    n_classes, in_shape = split.num_classes, tuple(x_all.shape[1:])
+    plan = data_plan(len(x_all), sweep.val_fraction, sweep.max_train, params.seed)
+    budgets = {  # all checked before any training
+        (f, s): label_budget(y_all, plan, f, s, "last_epoch", 0.5, key=KEY)
+        for f in sweep.label_fractions
+        for s in sweep.seeds
+    }
+    f_gate, s_gate = sweep.label_fractions[-1], sweep.seeds[0]
+    gate_indices(plan, budgets[(f_gate, s_gate)], key=KEY)  # raises unless f = 1 is swept
+    pick_idx, gate_idx = monitor_halves(plan.monitor, params.seed)
+    mon = plan.monitor
+    uris = source_models(ctx, list(sweep.backbones))
+    outcome = StageOutcome(model_name=params.model_name("finetune"))
+    records: list[dict] = []
+    summary: dict[str, float] = {}
+    for label, bb in sweep.backbones.items():
+        source = load_torch_model(uris[label], f"source model of backbone {label!r}")
+        f_all, f_te, extract_s, where = target_features(
+            ctx, label, sweep.target, prepared.digest, source, split, n_test, ctx.device
+        )
+        per_image_extract = extract_s / (len(f_all) + len(f_te))
+        candidates: dict[str, object] = {}  # arm -> model at (f_gate, s_gate)
+        for seed in sweep.seeds:
+            for fraction in sweep.label_fractions:
+                fit = budgets[(fraction, seed)].fit
+                epochs = steps_budget(len(fit), cfg.batch_size, cfg.epochs, cfg.min_steps)
+                head_epochs = steps_budget(
+                    len(fit), fcfg.head_batch_size, fcfg.head_epochs, cfg.min_steps
+                )
+                common = {
+                    "backbone": label,
+                    "fraction": fraction,
+                    "seed": seed,
+                    "n_labels": len(fit),
+                }
+                tags = {
+                    "adaptflow.backbone": label,
+                    "adaptflow.fraction": f"{fraction:g}",
+                    "adaptflow.seed": str(seed),
+                    "adaptflow.selection_protocol": SELECTION,
+                }
+                for arm in ARMS:
+                    name = f"{label}-{arm}-f{fraction:g}-s{seed}"
+                    with runs.run(f"finetune/{name}", tags=tags | {"adaptflow.arm": arm}):
+                        runs.log_params(common | {"arm": arm})
+
+                        def on_epoch(epoch: int, m: dict[str, float]) -> None:
+                            runs.log_metrics({f"finetune/{k}": v for k, v in m.items()}, step=epoch)
+
+                        seed_everything(seed)
+                        if arm == "features":
+                            head, history = train_head(
+                                f_all[fit],
+                                y_all[fit],
+                                n_classes,
+                                epochs=head_epochs,
+                                lr=fcfg.head_lr,
+                                batch_size=fcfg.head_batch_size,
+                                weight_decay=fcfg.head_weight_decay,
+                                seed=seed,
+                                device=ctx.device,
+                                progress=ctx.progress,
+                                monitor=(f_all[mon], y_all[mon]),
+                                on_epoch_end=on_epoch,
+                            )
+                            test_acc = accuracy(head, f_te, y_te, ctx.device)
+                            trainable = sum(p.numel() for p in head.parameters())
+                            # wall time includes embedding the images it trained on
+                            seconds = history.seconds + per_image_extract * len(fit)
+                            model = _with_head(source, head, n_classes)
+                        else:
+                            if arm == "finetune":
+                                net = copy.deepcopy(source)
+                                net.reset_classifier(n_classes)
+                                unfreeze, decay = cfg.unfreeze, cfg.layer_decay
+                            else:
+                                net = build_backbone(
+                                    bb.arch,
+                                    n_classes,
+                                    in_chans=in_shape[0],
+                                    kwargs=bb.kwargs,
+                                    small_input=bb.small_input,
+                                )
+                                unfreeze, decay = "all", 1.0
+                            method, history = finetune(
+                                net,
+                                x_all[fit],
+                                y_all[fit],
+                                unfreeze=unfreeze,
+                                epochs=epochs,
+                                lr=cfg.lr,
+                                layer_decay=decay,
+                                warmup_steps=cfg.warmup_steps,
+                                weight_decay=cfg.weight_decay,
+                                batch_size=cfg.batch_size,
+                                seed=seed,
+                                device=ctx.device,
+                                progress=ctx.progress,
+                                monitor=(x_all[mon], y_all[mon]),
+                                on_epoch_end=on_epoch,
+                                desc=f"finetune/{name}",
+                            )
+                            model = method.model
+                            test_acc = accuracy(model, x_te, y_te, ctx.device)
+                            trainable = sum(
+                                p.numel() for p in model.parameters() if p.requires_grad
+                            )
+                            seconds = history.seconds
+                        rec = common | {
+                            "arm": arm,
+                            "test_acc": test_acc,
+                            "train_seconds": seconds,
+                            "epoch_seconds": float(np.mean(history.series("epoch_seconds"))),
+                            "epochs": len(history.epochs),
+                            "trainable_params": trainable,
+                            **curve_record(history),
+                        }
+                        runs.log_metrics(
+                            {
+                                "finetune/test_acc": test_acc,
+                                "finetune/train_seconds": seconds,
+                                "finetune/trainable_params": trainable,
+                            }
+                        )
+                    records.append(rec)
+                    if fraction == f_gate and seed == s_gate:
+                        candidates[arm] = model
+        pick = _register_best(
+            label, candidates, x_all, y_all, pick_idx, gate_idx, ctx.device, accuracy
+        )
+        summary[f"finetune/{label}/gate_val_acc"] = pick["gate_acc"]
+        summary |= {f"finetune/{label}/pick_acc/{a}": v for a, v in pick["pick_accs"].items()}
+        with runs.run(f"finetune/{label}-registered", tags={"adaptflow.backbone": label}):
+            runs.set_tags(
+                {"adaptflow.registered_arm": pick["arm"], "adaptflow.features_from": where}
+            )
+            uri = log_torch_model(pick["model"], x_all[gate_idx[:4]])
+        outcome.models[label] = LabelledModel(
+            uri,
+            {
+                "dataset_digest": prepared.digest,
+                "input_shape": "x".join(map(str, in_shape)),
+                "val_split": split_fingerprint(gate_idx),
+                "model": f"{label}:{backbone_id(bb, in_shape, n_classes)}",
+            },
+        )
+    summary |= transfer_report.publish(records, params, plan, ctx, n_test, n_classes)
+    summary = {k: float(v) for k, v in summary.items() if math.isfinite(v)}
+    runs.log_metrics(summary)
+    outcome.metrics = summary
+    return outcome
+
+
+def _with_head(source, head, n_classes: int):
+    """The features arm as one network: the frozen source backbone with the trained linear head
+    as its classifier (the features were its pre-logits, so logits are identical)."""
+    import torch
+
+    net = copy.deepcopy(source)
+    net.reset_classifier(n_classes)
+    classifier = net.get_classifier()
+    with torch.no_grad():
+        classifier.weight.copy_(head.weight)
+        classifier.bias.copy_(head.bias)
+    return net.eval()
+
+
+def _register_best(label, candidates, x_all, y_all, pick_idx, gate_idx, device, accuracy) -> dict:
+    """The arm to register for a backbone: the f=1 model with the best accuracy on the first
+    monitor half; its gate value is measured on the second half (not the data that chose it)."""
+    pick_accs = {
+        arm: accuracy(m, x_all[pick_idx], y_all[pick_idx], device) for arm, m in candidates.items()
+    }
+    arm = max(pick_accs, key=lambda a: (pick_accs[a], -ARMS.index(a)))
+    model = candidates[arm]
+    gate_acc = accuracy(model, x_all[gate_idx], y_all[gate_idx], device)
+    return {"arm": arm, "model": model, "gate_acc": gate_acc, "pick_accs": pick_accs}
+
+
+STAGE = STAGES.register("finetune")(
+    StageSpec(
+        name="finetune",
+        datasets=lambda p: [p.transfer.target],
+        run=run,
+        depends_on=("source", "features"),
+        headline=("finetune/claims_holding",),
+        selection=SELECTION,
+        gate=Gate("finetune/{label}/gate_val_acc", higher_is_better=True),
+        shared_params=("transfer", "features"),
+    )
+)
