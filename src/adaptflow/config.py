@@ -313,10 +313,18 @@ class BackboneConfig(Frozen):
 
 
 DEFAULT_BACKBONES = {
-    "resnet": {"arch": "resnet10t", "kwargs": {"channels": [32, 64, 128, 256], "stem_width": 16}},
+    "resnet": {"arch": "resnet10t", "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16}},
     "vit": {
         "arch": "vit_tiny_patch16_224",
-        "kwargs": {"img_size": 28, "patch_size": 4, "depth": 6, "embed_dim": 96, "num_heads": 3},
+        "kwargs": {
+            "img_size": 28,
+            "patch_size": 7,
+            "depth": 4,
+            "embed_dim": 64,
+            "num_heads": 2,
+            "global_pool": "avg",
+            "class_token": False,
+        },
     },
 }
 

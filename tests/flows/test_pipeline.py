@@ -61,8 +61,11 @@ def mse(a, b) -> float:
     return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
 
 
+IMAGE_STAGES = ["ae", "pretrain"]  # the transfer chain has its own test (test_transfer_chain.py)
+
+
 def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
-    outcomes = run_pipeline(SMOKE)
+    outcomes = run_pipeline(SMOKE, stages=IMAGE_STAGES)
     assert list(outcomes) == ["ae", "pretrain"]
     exp_id = configure(".", EXPERIMENT)
     client = MlflowClient()
@@ -147,7 +150,7 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
     assert not (smoke_project / "reports").exists()
 
     # an unchanged re-run hits the cache: no training, no new model version
-    again = run_pipeline(SMOKE)
+    again = run_pipeline(SMOKE, stages=IMAGE_STAGES)
     assert all(o["cache_hit"] for o in again.values())
     assert again["ae"]["metrics"]["ae/test_mse"] == outcomes["ae"]["metrics"]["ae/test_mse"]
     assert (again["ae"]["model_version"], again["ae"]["model_decision"]) == ("1", "champion")
@@ -209,16 +212,18 @@ def test_only_a_full_run_of_the_profile_as_configured_writes_its_report(smoke_pr
     report = smoke_project / "reports/metrics-smoke.json"
     run_pipeline(["profile=smoke"])
     written = json.loads(report.read_text())
-    assert written == {"ae/test_x": 0.25, "pretrain/test_x": 0.25}
+    assert written == {f"{n}/test_x": 0.25 for n in pipeline.STAGE_FLOWS}
     run_pipeline(["profile=smoke", "ae.epochs=1"])
     run_pipeline(["profile=smoke"], stages=["ae"])
     assert json.loads(report.read_text()) == written
     assert not (smoke_project / "reports/metrics-default.json").exists()  # per profile
-    assert pipeline.report_skip_reason(["ae", "pretrain"], ["profile=smoke", "ae.epochs=1"]) == (
+    every = list(pipeline.STAGE_FLOWS)
+    assert pipeline.report_skip_reason(every, ["profile=smoke", "ae.epochs=1"]) == (
         "--set overrides ['ae.epochs'] change the profile's params"
     )
-    assert "other.yaml" in pipeline.report_skip_reason(["ae", "pretrain"], [], "other.yaml")
-    assert pipeline.report_skip_reason(["ae", "pretrain"], ["profile=smoke"]) is None
+    assert "other.yaml" in pipeline.report_skip_reason(every, [], "other.yaml")
+    assert pipeline.report_skip_reason(every, ["profile=smoke"]) is None
+    assert "only stages" in pipeline.report_skip_reason(IMAGE_STAGES, ["profile=smoke"])
 
 
 def test_failing_stage_ends_failed_with_error_tag(smoke_project, monkeypatch):
@@ -240,7 +245,7 @@ def test_failing_stage_ends_failed_with_error_tag(smoke_project, monkeypatch):
 
 def test_missing_data_names_the_fix(project, harness):
     with pytest.raises(Exception, match="make data"):
-        run_pipeline(SMOKE)
+        run_pipeline(SMOKE, stages=IMAGE_STAGES)
 
 
 def test_params_contradicting_the_data_stop_before_any_run(smoke_project):

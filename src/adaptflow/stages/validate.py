@@ -103,7 +103,64 @@ def _check_pretrain_budget(params: Params, manifest: dict) -> None:
         )
 
 
-CHECKS: dict[str, Callable[[Params], None]] = {"ae": _check_ae, "pretrain": _check_pretrain}
+def _check_source(params: Params) -> tuple[int, int, int]:
+    """The source task is images, and every backbone's fixed input size matches them."""
+    c, h, w = _image_shape(
+        "source", params.source.dataset, _manifest(params, params.source.dataset)
+    )
+    for label, bb in params.transfer.backbones.items():
+        size = bb.kwargs.get("img_size")
+        if size is not None and tuple(size if isinstance(size, list) else (size, size)) != (h, w):
+            raise _error(
+                f"transfer.backbones.{label}.kwargs.img_size = {size}: the source images "
+                f"({params.source.dataset!r}) are {h}x{w}; set img_size: {h}"
+            )
+    return c, h, w
+
+
+def _check_same_input(params: Params, key: str, dataset: str) -> dict:
+    """A dataset the source backbones embed must have the source's channels and size."""
+    manifest = _manifest(params, dataset)
+    shape = _image_shape(key.split(".")[0], dataset, manifest)
+    src = _check_source(params)
+    if shape != src:
+        raise _error(
+            f"{key} = {dataset!r}: its images are {'x'.join(map(str, shape))} (C x H x W) but the "
+            f"backbones were trained on {params.source.dataset!r} at {'x'.join(map(str, src))}; "
+            "use a source and targets of the same channels and size"
+        )
+    return manifest
+
+
+def _check_features(params: Params) -> None:
+    for i, dataset in enumerate(params.features.datasets):
+        _check_same_input(params, f"features.datasets[{i}]", dataset)
+
+
+def _check_finetune(params: Params) -> None:
+    """The target matches the source input, and the smallest label budget has a label per class."""
+    from adaptflow.stages.budget import data_plan
+
+    sweep = params.transfer
+    manifest = _check_same_input(params, "transfer.target", sweep.target)
+    plan = data_plan(manifest["shapes"]["x_train"][0], sweep.val_fraction, sweep.max_train, 0)
+    n_classes, f = manifest["num_classes"], min(sweep.label_fractions)
+    if plan.allowed(f) < n_classes:
+        need = math.ceil(n_classes / plan.n_total * 1e4) / 1e4
+        raise _error(
+            f"transfer.label_fractions: {f:g} x N = {plan.n_total} images = {plan.allowed(f)} "
+            f"labels, fewer than the {n_classes} classes of {sweep.target!r}; raise the smallest "
+            f"fraction to >= {need:g} (or transfer.max_train)"
+        )
+
+
+CHECKS: dict[str, Callable[[Params], None]] = {
+    "ae": _check_ae,
+    "pretrain": _check_pretrain,
+    "source": _check_source,
+    "features": _check_features,
+    "finetune": _check_finetune,
+}
 
 
 def check_against_data(params: Params, stages: list[str]) -> None:
