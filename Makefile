@@ -58,7 +58,11 @@ test-slow: $(STAMP) ## run only the slow tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: bench-pretrain ## run every benchmark
+bench: bench-pretrain bench-transfer ## run every benchmark
+
+.PHONY: bench-transfer
+bench-transfer: data ## source -> features -> finetune, the full sweep (profile bench), printed tables
+	$(BIN)/python -m bench.transfer_sweep $(foreach s,$(SET),--set $(s))
 
 .PHONY: bench-pretrain
 bench-pretrain: data ## greedy vs random init over label fractions x seeds (default profile), printed table

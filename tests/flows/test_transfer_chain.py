@@ -28,6 +28,8 @@ TINY = [
     "profile=smoke",
     "source.max_train=1000",
     "source.lr=0.005",
+    "source.epochs=3",
+    "source.batch_size=32",
     "transfer.max_train=200",
     "transfer.max_test=100",
     "transfer.label_fractions=[0.1, 1.0]",
@@ -68,17 +70,21 @@ def test_chain_passes_models_through_mlflow_within_the_label_budget(chain_projec
     forbidden = rows(data["x_test"]) | rows(data["x_train"][plan.monitor])
     fed = []  # (fraction-free) every labelled array an arm trained on
 
-    def spy(fn):
-        def wrapped(x, y, *args, **kwargs):
-            fed.append((len(x), rows(x) if x.ndim == 4 else None))
-            return fn(x, y, *args, **kwargs)
-
-        return wrapped
-
     import adaptflow.methods.transfer as transfer
 
-    monkeypatch.setattr(transfer, "finetune", spy(transfer.finetune))
-    monkeypatch.setattr(transfer, "train_head", spy(transfer.train_head))
+    finetune, train_head = transfer.finetune, transfer.train_head
+
+    def spy_finetune(model, x, y, **kwargs):
+        fed.append((len(x), rows(x)))
+        return finetune(model, x, y, **kwargs)
+
+    def spy_head(f, y, n_classes, **kwargs):
+        if kwargs.get("monitor") is not None:  # finetune's features arm (not the features stage)
+            fed.append((len(f), None))  # feature vectors of the same fit indices
+        return train_head(f, y, n_classes, **kwargs)
+
+    monkeypatch.setattr(transfer, "finetune", spy_finetune)
+    monkeypatch.setattr(transfer, "train_head", spy_head)
     out = run_pipeline(TINY, CHAIN)
     client = MlflowClient()
     exp_id = configure(".", EXPERIMENT)

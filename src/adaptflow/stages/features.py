@@ -70,6 +70,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     uris = source_models(ctx, list(params.transfer.backbones))
     summary: dict[str, float] = {}
     rows = []
+    stage_run = runs.active_run_id()  # the features artifacts live here: finetune reads them
     for dataset in cfg.datasets:  # the baseline the features must beat: pixels
         split = data[dataset].split
         n_test = len(split.x_test) if cfg.max_test is None else min(cfg.max_test, len(split.x_test))
@@ -98,7 +99,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                 arrays, extract_s = extract(model, split, ctx.device, cfg.max_test)
                 arrays["digest"] = np.array(data[dataset].digest)
                 arrays["extract_seconds"] = np.array(extract_s)
-                runs.log_arrays(arrays, f"features/{label}/{dataset}.npz")
+                runs.log_arrays(arrays, f"features/{label}/{dataset}.npz", stage_run)
                 f_tr, y_tr, f_te, y_te = (
                     arrays[k] for k in ("f_train", "y_train", "f_test", "y_test")
                 )

@@ -218,7 +218,7 @@ def arm_table(agg: pd.DataFrame) -> list[str]:
     for (bb, arm, f), r in agg.iterrows():
         std = "–" if math.isnan(r.test_acc_std) else f"{100 * r.test_acc_std:.1f}"
         own = "n.c." if math.isnan(r.epochs_to_own95) else f"{r.epochs_to_own95:.1f}"
-        tgt = "n.r." if math.isnan(r.seconds_to_target) else f"{r.seconds_to_target:.1f}"
+        tgt = "n.r." if math.isnan(r.seconds_to_target) else f"{r.seconds_to_target:.2f}"
         if r.not_reached and not math.isnan(r.seconds_to_target):
             tgt += f" ({int(r.not_reached)} n.r.)"
         lines.append(
@@ -249,7 +249,8 @@ def publish(
             "",
             f"Backbones {', '.join(f'{k} ({v.arch})' for k, v in sweep.backbones.items())} "
             f"pretrained by the `source` stage; {len(sweep.seeds)} seeds; test on {n_test} images. "
-            f"finetune: last {cfg.unfreeze} block(s), layer decay {cfg.layer_decay}, AdamW lr "
+            f"finetune: `unfreeze: {cfg.unfreeze}` (blocks from the top; all = every layer), "
+            f"layer decay {cfg.layer_decay}, AdamW lr "
             f"{cfg.lr:g}, warm-up {cfg.warmup_steps} steps + cosine, {cfg.epochs} epochs "
             f"(at least {cfg.min_steps} steps), batch {cfg.batch_size}; scratch: the same "
             "architecture from random init, the same epochs/steps/schedule, uniform lr; "

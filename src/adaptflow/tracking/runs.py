@@ -132,14 +132,19 @@ def log_text(text: str, path: str) -> None:
     mlflow.log_text(text, path)
 
 
-def log_arrays(arrays: Mapping[str, np.ndarray], path: str) -> None:
-    """Arrays as one compressed .npz artifact at `path` (e.g. features/resnet/mnist.npz)."""
+def active_run_id() -> str:
+    return mlflow.active_run().info.run_id
+
+
+def log_arrays(arrays: Mapping[str, np.ndarray], path: str, run_id: str | None = None) -> None:
+    """Arrays as one compressed .npz artifact at `path` (e.g. features/resnet/mnist.npz) of the
+    active run, or of `run_id` (e.g. the stage run, from inside one of its nested runs)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / Path(path).name
         np.savez_compressed(file, **arrays)
-        mlflow.log_artifact(str(file), str(Path(path).parent))
+        MlflowClient().log_artifact(run_id or active_run_id(), str(file), str(Path(path).parent))
 
 
 def load_arrays(run_id: str, path: str) -> dict[str, np.ndarray] | None:
