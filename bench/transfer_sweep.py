@@ -34,13 +34,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
 
     import mlflow
+    from flows.pipeline import upstream_ref
     from rich.console import Console
     from rich.markdown import Markdown
 
     from adaptflow.stages import StageContext, execute
     from adaptflow.tracking.store import configure
     from adaptflow.training import resolve_device
-    from flows.pipeline import upstream_ref
 
     params = bench_params(args.params, [f"profile={args.profile}", *args.overrides])
     console = Console()
