@@ -19,15 +19,24 @@ def prepared(tmp_path_factory):
     """mnist (4,000 train images, 28x28, 10 classes) and a small mnist1d, prepared once."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     out = tmp_path_factory.mktemp("prepared")
-    params = build_params(
-        raw, {"data.prepared_dir": str(out), "data.sources.mnist1d.num_samples": 200}
-    )
-    prepare_all(params, ["mnist", "mnist1d"], log=lambda m: None)
+    params = build_params(raw, {"data.prepared_dir": str(out), **SMALL})
+    prepare_all(params, ["mnist", "mnist1d", "digits", "synchars"], log=lambda m: None)
     return out
 
 
+SMALL = {
+    "data.sources.mnist1d.num_samples": 200,
+    "data.sources.synchars.n_train": 360,
+    "data.sources.synchars.n_test": 36,
+}
+TRANSFER = ["source", "features", "finetune"]
+
+
 def params(raw_params, prepared, *overrides):
-    return build_params(raw_params, parse_overrides([f"data.prepared_dir={prepared}", *overrides]))
+    small = [f"{k}={v}" for k, v in SMALL.items()]
+    return build_params(
+        raw_params, parse_overrides([f"data.prepared_dir={prepared}", *small, *overrides])
+    )
 
 
 def rejected(p, stages=STAGES) -> str:
@@ -36,9 +45,46 @@ def rejected(p, stages=STAGES) -> str:
     return str(err.value)
 
 
-@pytest.mark.parametrize("profile", ["default", "smoke"])
+@pytest.mark.parametrize("profile", ["default", "smoke", "bench"])
 def test_repo_params_pass(raw_params, prepared, profile):
-    check_against_data(params(raw_params, prepared, f"profile={profile}"), STAGES)
+    check_against_data(params(raw_params, prepared, f"profile={profile}"), STAGES + TRANSFER)
+
+
+def test_hub_weights_offline_stop_before_any_run(raw_params, prepared, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
+    p = params(raw_params, prepared, "source.pretrained=hub", "transfer.backbones.resnet.kwargs={}")
+    msg = rejected(p, TRANSFER)
+    assert "source.pretrained = 'hub' (backbone 'resnet')" in msg and "need internet" in msg
+    assert "source.pretrained: source" in msg  # the fix
+
+
+def test_a_bad_checkpoint_names_the_file_before_any_run(raw_params, prepared, tmp_path):
+    import torch
+
+    from adaptflow.models.backbones import build_backbone
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    msg = rejected(params(raw_params, prepared, f"source.pretrained={garbage}"), ["source"])
+    assert str(garbage) in msg and "not a readable torch checkpoint" in msg
+    vit = tmp_path / "vit.pt"  # the right file format, the wrong architecture for `resnet`
+    torch.save(
+        build_backbone("vit_tiny_patch16_224", 36, kwargs={"img_size": 28}).state_dict(), vit
+    )
+    msg = rejected(params(raw_params, prepared, f"source.pretrained={vit}"), ["source"])
+    assert str(vit) in msg and "(backbone 'resnet')" in msg
+
+
+def test_transfer_inputs_must_fit_the_backbones(raw_params, prepared):
+    msg = rejected(
+        params(raw_params, prepared, "transfer.backbones.vit.kwargs.img_size=32"), ["source"]
+    )
+    assert "transfer.backbones.vit.kwargs.img_size = 32" in msg and "set img_size: 28" in msg
+    msg = rejected(
+        params(raw_params, prepared, "transfer.label_fractions=[0.001, 1.0]"), ["finetune"]
+    )
+    assert "0.001 x N = 4000 images = 4 labels" in msg and "fewer than the 10 classes" in msg
 
 
 def test_anomaly_digit_must_be_a_class_of_the_dataset(raw_params, prepared):

@@ -195,7 +195,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, garbage, a pickle with code...
         raise CheckpointFileError(
-            f"checkpoint {path} is not a readable torch checkpoint: {type(e).__name__}: {e}"
+            f"checkpoint {path} is not a readable torch checkpoint: {type(e).__name__}: "
+            f"{str(e).split('. ')[0][:200]} (a state_dict saved with torch.save is expected)"
         ) from None
     state = _state_dict_of(obj, path)
     own = model.state_dict()

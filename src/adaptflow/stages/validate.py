@@ -103,7 +103,41 @@ def _check_pretrain_budget(params: Params, manifest: dict) -> None:
         )
 
 
-def _check_source(params: Params) -> tuple[int, int, int]:
+def _check_source(params: Params) -> None:
+    """The source images fit every backbone, and `source.pretrained` weights can be had: timm's
+    hub weights (online, or already cached) or a checkpoint of the right architecture. Checked
+    before any run: offline, `hub` fails here at once with the fix."""
+    from adaptflow.models.backbones import (
+        CheckpointFileError,
+        HubUnavailableError,
+        build_backbone,
+        load_weights,
+    )
+
+    c, _, _ = _source_shape(params)
+    cfg = params.source
+    if cfg.pretrained == "source":
+        return
+    n_classes = _manifest(params, cfg.dataset)["num_classes"]
+    for label, bb in params.transfer.backbones.items():
+        try:
+            model = build_backbone(
+                bb.arch,
+                n_classes,
+                in_chans=c,
+                kwargs=bb.kwargs,
+                small_input=bb.small_input,
+                hub=cfg.pretrained == "hub",
+            )
+            if cfg.pretrained != "hub":
+                load_weights(model, cfg.pretrained)
+        except (HubUnavailableError, CheckpointFileError, ValueError) as e:
+            raise _error(
+                f"source.pretrained = {cfg.pretrained!r} (backbone {label!r}): {e}"
+            ) from None
+
+
+def _source_shape(params: Params) -> tuple[int, int, int]:
     """The source task is images, and every backbone's fixed input size matches them."""
     c, h, w = _image_shape(
         "source", params.source.dataset, _manifest(params, params.source.dataset)
@@ -122,7 +156,7 @@ def _check_same_input(params: Params, key: str, dataset: str) -> dict:
     """A dataset the source backbones embed must have the source's channels and size."""
     manifest = _manifest(params, dataset)
     shape = _image_shape(key.split(".")[0], dataset, manifest)
-    src = _check_source(params)
+    src = _source_shape(params)
     if shape != src:
         raise _error(
             f"{key} = {dataset!r}: its images are {'x'.join(map(str, shape))} (C x H x W) but the "
