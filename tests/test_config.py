@@ -55,7 +55,7 @@ def test_set_values_are_typed(raw_params):
         ("ae.methods=[pca, nope]", "ae.methods", "valid: ae, denoising, pca, sparse, vae"),
         ("ae.dataset=missing", "ae.dataset", "valid: mnist"),
         ("ae.register_method=pca", "ae.register_method", "torch model"),
-        ("profile=huge", "profile", "valid: default, smoke"),
+        ("profile=huge", "profile", "valid: default, bench, smoke"),
         ("device=tpu", "device", "'auto', 'cpu', 'cuda' or 'mps'"),
         ("data.sources.mnist.test_fraction=1.5", "data.sources.mnist.test_fraction", "less than 1"),
         ("data.sources.mnist.kind=nope", "data.sources.mnist", "kind"),
