@@ -204,7 +204,14 @@ def test_only_a_full_run_of_the_profile_as_configured_writes_its_report(smoke_pr
         def stage_flow(*args):
             overrides = args[1]
             value = 0.5 if "ae.epochs=1" in overrides else 0.25
-            return {"metrics": {f"{name}/test_x": value}, "cache_hit": False, "cache_key": name}
+            metrics = {f"{name}/test_x": value}
+            return {
+                "metrics": metrics,
+                "cache_hit": False,
+                "cache_key": name,
+                "models": {},
+                "artifact_run_id": f"run-{name}",
+            }
 
         return stage_flow
 
