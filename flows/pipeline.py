@@ -107,9 +107,14 @@ def pipeline_flow(
 
 def upstream_ref(outcome: dict) -> dict:
     """What a downstream stage gets of a finished one: the run holding its artifacts and its
-    logged models' URIs by label ("" = its single model): models pass through MLflow."""
-    models = {label: m["uri"] for label, m in outcome["models"].items()}
-    if outcome.get("model_uri"):
+    logged models' URIs by label ("" = its single model): models pass through MLflow. A model
+    the gate refused to register (non-finite metrics: a diverged run) is not passed on."""
+    models = {
+        label: m["uri"]
+        for label, m in outcome["models"].items()
+        if m.get("decision") != "not registered"
+    }
+    if outcome.get("model_uri") and outcome.get("model_decision") != "not registered":
         models[""] = outcome["model_uri"]
     return {"run_id": outcome["artifact_run_id"], "models": models}
 

@@ -207,3 +207,38 @@ def test_each_backbone_is_gated_against_its_own_champion(chain_project, monkeypa
     assert str(resnet_now.version) == second["models"]["resnet"]["version"]
     reason = client.get_model_version(name, second["models"]["vit"]["version"]).tags
     assert reason["gate.reason"].startswith("worse") and "champion v" in reason["gate.reason"]
+
+
+def test_a_failed_alias_move_puts_every_alias_back(chain_project, monkeypatch):
+    """Both new versions would be champions; moving the second alias fails: the first alias goes
+    back to its previous holder and both new versions are marked aborted."""
+    import adaptflow.tracking.models as models
+    from adaptflow.stages import STAGES
+
+    first = run_pipeline(TINY, ["source"])["source"]
+    spec = STAGES.get("source")
+
+    def better(params, ctx, data):
+        out = spec.run(params, ctx, data)
+        for label in ("resnet", "vit"):
+            out.metrics[f"source/{label}/val_acc"] += 1.0
+        return out
+
+    real = models.set_champion
+
+    def flaky(name, version, client=None, alias="champion"):
+        if alias == "champion-vit":
+            raise RuntimeError("registry down")
+        return real(name, version, client, alias)
+
+    monkeypatch.setitem(STAGES._items, "source", type(spec)(**{**spec.__dict__, "run": better}))
+    monkeypatch.setattr(models, "set_champion", flaky)
+    with pytest.raises(Exception, match="registry down"):
+        run_pipeline(TINY, ["source"], force=True)
+    client = MlflowClient()
+    name = "adaptflow-smoke-source"
+    for label in ("resnet", "vit"):
+        held = client.get_model_version_by_alias(name, f"champion-{label}")
+        assert str(held.version) == first["models"][label]["version"]
+    new = [v for v in client.search_model_versions(f"name='{name}'") if int(v.version) > 2]
+    assert len(new) == 2 and {v.tags["gate.decision"] for v in new} == {"aborted"}

@@ -65,6 +65,9 @@ class StageSpec:
     # params sections besides its own that change its results (e.g. a sweep shared by stages):
     # in the cache key and logged as params
     shared_params: tuple[str, ...] = ()
+    # what else changes its results and is not a param (e.g. the bytes of a weights file a
+    # param names): a JSON-able dict entering the cache key
+    fingerprint: Callable[[Params], dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ def cache_key(
         "code": code_version(),
         "registry_prefix": params.registry_prefix,
         "upstream": upstream,
+        "inputs": spec.fingerprint(params) if spec and spec.fingerprint else {},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -378,6 +382,8 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
         NOT_REGISTERED,
         abort_version,
         alias_for,
+        champion,
+        restore_alias,
         set_champion,
     )
 
@@ -395,6 +401,7 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
         (label, m.uri, m.gate_context) for label, m in outcome.models.items()
     ]
     registered: list[tuple[str, str, str]] = []  # (label, version, decision)
+    moved: list[tuple[str, str | None]] = []  # (alias, the version that held it before)
     try:
         for label, uri, context in candidates:
             metric = spec.gate.metric_for(label)
@@ -428,10 +435,16 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
             runs.set_labelled_models(outcome.model_name, outcome.models)
         for label, version, decision in registered:  # the aliases last
             if decision == CHAMPION:
-                set_champion(outcome.model_name, version, alias=alias_for(label))
+                alias = alias_for(label)
+                held = champion(outcome.model_name, alias=alias)
+                moved.append((alias, None if held is None else str(held.version)))
+                set_champion(outcome.model_name, version, alias=alias)
     except BaseException as e:
         # the run will end FAILED: its versions must not count as gated results later (the
-        # no-alias comparison only reads champion/challenger decisions)
+        # no-alias comparison only reads champion/challenger decisions), and an alias already
+        # moved to one of them goes back to the version that held it
+        for alias, previous in moved:
+            restore_alias(outcome.model_name, alias, previous)
         for _, version, _ in registered:
             abort_version(outcome.model_name, version, f"{type(e).__name__}: {e}")
         raise

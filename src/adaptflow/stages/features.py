@@ -40,6 +40,33 @@ def source_models(ctx: StageContext, labels: list[str]) -> dict[str, str]:
     return {b: models[b] for b in labels}
 
 
+def check_architecture(model, bb, in_chans: int, uri: str, label: str) -> None:
+    """The source model must be the network `transfer.backbones.<label>` describes (a stage run
+    alone takes the registry's champion, which may predate a change of the backbone config):
+    same parameter names and shapes outside the classifier, else a clear error."""
+    from adaptflow.models.backbones import build_backbone
+
+    expected = build_backbone(
+        bb.arch, 2, in_chans=in_chans, kwargs=bb.kwargs, small_input=bb.small_input
+    )
+    prefix = next(n for n, m in expected.named_modules() if m is expected.get_classifier())
+
+    def shapes(m):
+        return {
+            n: tuple(t.shape) for n, t in m.state_dict().items() if not n.startswith(prefix + ".")
+        }
+
+    theirs, ours = shapes(model), shapes(expected)
+    if theirs != ours:
+        diff = sorted(set(theirs.items()) ^ set(ours.items()))[:3]
+        raise ValueError(
+            f"source model {uri} for backbone {label!r} is not the network "
+            f"transfer.backbones.{label} describes ({bb.arch} {bb.kwargs}); first differences: "
+            f"{diff}. Re-run the source stage with these backbones (`adaptflow run --stage "
+            "source`, or the whole pipeline)"
+        )
+
+
 def extract(model, split, device, max_test: int | None) -> tuple[dict[str, np.ndarray], float]:
     """Frozen features of the whole training split and the (capped) test split, and the seconds
     it took."""
@@ -91,6 +118,8 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
         )
     for label, uri in uris.items():
         model = load_torch_model(uri, f"source model of backbone {label!r}")
+        bb = params.transfer.backbones[label]
+        check_architecture(model, bb, data[cfg.datasets[0]].split.x_train.shape[1], uri, label)
         tsne = {}
         with runs.run(f"features/{label}", tags={"adaptflow.backbone": label}):
             runs.log_params({"backbone": label, "source_model": uri})
@@ -99,6 +128,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                 arrays, extract_s = extract(model, split, ctx.device, cfg.max_test)
                 arrays["digest"] = np.array(data[dataset].digest)
                 arrays["extract_seconds"] = np.array(extract_s)
+                arrays["source_model"] = np.array(uri)  # finetune reuses them for this model only
                 runs.log_arrays(arrays, f"features/{label}/{dataset}.npz", stage_run)
                 f_tr, y_tr, f_te, y_te = (
                     arrays[k] for k in ("f_train", "y_train", "f_test", "y_test")
@@ -124,7 +154,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                     "linear_test_acc": linear_acc,
                     "logreg_test_acc": logreg_acc,
                     "extract_seconds": extract_s,
-                    "linear_fit_seconds": history.seconds,
+                    "linear_fit_seconds": float(sum(history.series("epoch_seconds"))),
                     "logreg_fit_seconds": logreg_s,
                     "dim": float(f_tr.shape[1]),
                 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -51,6 +52,15 @@ def backbone_id(cfg, in_shape: tuple[int, ...], n_classes: int) -> str:
     )
     digest = hashlib.sha256(spec.encode()).hexdigest()[:8]
     return f"{cfg.arch}-{digest}-{'x'.join(map(str, in_shape))}-{n_classes}"
+
+
+def weights_fingerprint(params) -> dict[str, str]:
+    """sha256 of a `source.pretrained` checkpoint file: replacing the file at the same path is a
+    new input (cache key) and another model (gate context), not the same one."""
+    pretrained = params.source.pretrained
+    if pretrained in ("source", "hub"):
+        return {}
+    return {"pretrained_sha256": hashlib.sha256(Path(pretrained).read_bytes()).hexdigest()}
 
 
 def build(bb, n_classes: int, in_chans: int, pretrained: str):
@@ -90,6 +100,8 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     x_te, y_te = split.x_test[:n_test], split.y_test[:n_test]
     n_classes, in_shape = split.num_classes, tuple(x_tr.shape[1:])
     outcome = StageOutcome(model_name=params.model_name("source"))
+    origin = cfg.pretrained if cfg.pretrained in ("source", "hub") else "file"
+    origin += "".join(f"-{v[:12]}" for v in weights_fingerprint(params).values())
     summary: dict[str, float] = {}
     curves: dict[str, list[float]] = {}
     rows = []
@@ -149,7 +161,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                 "input_shape": "x".join(map(str, in_shape)),
                 "val_split": split_fingerprint(val_idx),
                 # the pretrained origin is part of the interface: a hub probe is not a trained net
-                "model": f"{label}:{backbone_id(bb, in_shape, n_classes)}:{cfg.pretrained}",
+                "model": f"{label}:{backbone_id(bb, in_shape, n_classes)}:{origin}",
             },
         )
     summary["source/val_acc_min"] = min(m["val_acc"] for *_, m in rows)
@@ -206,5 +218,6 @@ STAGE = STAGES.register("source")(
         selection=SELECTION,
         gate=Gate("source/{label}/val_acc", higher_is_better=True),
         shared_params=("transfer.backbones",),  # its target/fractions do not matter here
+        fingerprint=weights_fingerprint,
     )
 )

@@ -173,10 +173,19 @@ def _check_features(params: Params) -> None:
 
 def _check_finetune(params: Params) -> None:
     """The target matches the source input, and the smallest label budget has a label per class."""
+    from adaptflow.models.backbones import block_names, build_backbone
     from adaptflow.stages.budget import data_plan
 
     sweep = params.transfer
     manifest = _check_same_input(params, "transfer.target", sweep.target)
+    unfreeze = params.finetune.unfreeze
+    for label, bb in sweep.backbones.items() if unfreeze != "all" else ():
+        blocks = block_names(build_backbone(bb.arch, 2, kwargs=bb.kwargs))
+        if unfreeze > len(blocks):
+            raise _error(
+                f"finetune.unfreeze = {unfreeze}: backbone {label!r} ({bb.arch}) has "
+                f"{len(blocks)} blocks ({', '.join(blocks)}); use 1..{len(blocks)} or all"
+            )
     plan = data_plan(manifest["shapes"]["x_train"][0], sweep.val_fraction, sweep.max_train, 0)
     n_classes, f = manifest["num_classes"], min(sweep.label_fractions)
     if plan.allowed(f) < n_classes:

@@ -272,6 +272,19 @@ def set_champion(
     (client or MlflowClient()).set_registered_model_alias(name, alias, version)
 
 
+def restore_alias(name: str, alias: str, version: str | None) -> None:
+    """Put `alias` back on `version` (or remove it when nothing held it). Best effort: called
+    while a failure propagates."""
+    client = MlflowClient()
+    try:
+        if version is None:
+            client.delete_registered_model_alias(name, alias)
+        else:
+            client.set_registered_model_alias(name, alias, version)
+    except MlflowException:
+        logging.getLogger(__name__).exception("could not restore alias %s of %s", alias, name)
+
+
 ABORTED = "aborted"
 
 
