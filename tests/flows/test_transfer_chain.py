@@ -97,7 +97,7 @@ def test_chain_passes_models_through_mlflow_within_the_label_budget(chain_projec
     for label, version in versions.items():
         mv = client.get_model_version_by_alias("adaptflow-smoke-source", f"champion-{label}")
         assert str(mv.version) == version and mv.tags["gate.decision"] == "champion"
-        assert mv.tags["gate.metric"] == f"source/{label}/val_acc"
+        assert mv.tags["gate.metric"] == f"source/{label}/val_acc" and mv.tags["backbone"] == label
         assert float(mv.tags["gate.value"]) == src["metrics"][f"source/{label}/val_acc"]
     net = mlflow.pytorch.load_model("models:/adaptflow-smoke-source@champion-vit")
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 36)

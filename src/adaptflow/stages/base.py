@@ -68,6 +68,7 @@ class StageSpec:
     # what else changes its results and is not a param (e.g. the bytes of a weights file a
     # param names): a JSON-able dict entering the cache key
     fingerprint: Callable[[Params], dict[str, str]] | None = None
+    label_kind: str = "label"  # what a model label names (e.g. "backbone"): a version tag
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class LabelledModel:
 
     uri: str
     gate_context: dict[str, str]
+    tags: dict[str, str] = field(default_factory=dict)  # extra version tags (e.g. the arm)
     version: str | None = None
     decision: str | None = None
     reason: str | None = None
@@ -397,13 +399,15 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
     outcome.model_name = outcome.model_name or params.model_name(spec.name)
     required = [k for k in spec.headline if k not in spec.optional_metrics]
     bad = _bad_metrics(outcome, required)
-    candidates = ([("", outcome.model_uri, outcome.gate_context)] if outcome.model_uri else []) + [
-        (label, m.uri, m.gate_context) for label, m in outcome.models.items()
+    single = [("", outcome.model_uri, outcome.gate_context, {})] if outcome.model_uri else []
+    candidates = single + [
+        (label, m.uri, m.gate_context, {spec.label_kind: label, **m.tags})
+        for label, m in outcome.models.items()
     ]
     registered: list[tuple[str, str, str]] = []  # (label, version, decision)
     moved: list[tuple[str, str | None]] = []  # (alias, the version that held it before)
     try:
-        for label, uri, context in candidates:
+        for label, uri, context, version_tags in candidates:
             metric = spec.gate.metric_for(label)
             why = bad or _bad_metrics(outcome, [metric])
             if why:
@@ -412,7 +416,7 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
                 log.warning("stage %s: %s, model %r not registered", spec.name, reason, label)
             else:
                 version, decision, reason = _register(
-                    spec, params, outcome, label, metric, uri, context
+                    spec, params, outcome, label, metric, uri, context, version_tags
                 )
                 registered.append((label, version, decision))
                 log.info(
@@ -459,7 +463,9 @@ def _bad_metrics(outcome: StageOutcome, keys: list[str]) -> dict[str, Any]:
     }
 
 
-def _register(spec, params, outcome, label, metric, uri, context) -> tuple[str, str, str]:
+def _register(
+    spec, params, outcome, label, metric, uri, context, version_tags
+) -> tuple[str, str, str]:
     from adaptflow.tracking.models import alias_for, register_gated
 
     reg = register_gated(
@@ -471,5 +477,6 @@ def _register(spec, params, outcome, label, metric, uri, context) -> tuple[str, 
         float(getattr(params.stage(spec.name), "gate_margin", 0.0)),
         context,
         alias=alias_for(label),
+        labels=version_tags,
     )
     return reg.version, reg.decision, reg.reason

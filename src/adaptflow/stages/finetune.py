@@ -263,6 +263,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                 "val_split": split_fingerprint(gate_idx),
                 "model": f"{label}:{backbone_id(bb, in_shape, n_classes)}",
             },
+            tags={"arm": pick["arm"]},
         )
     summary |= transfer_report.publish(records, params, plan, ctx, n_test, n_classes)
     summary = {k: float(v) for k, v in summary.items() if math.isfinite(v)}
@@ -312,6 +313,7 @@ STAGE = STAGES.register("finetune")(
         depends_on=("source", "features"),
         headline=("finetune/claims_holding",),
         selection=SELECTION,
+        label_kind="backbone",
         gate=Gate("finetune/{label}/gate_val_acc", higher_is_better=True),
         shared_params=("transfer", "features"),
     )

@@ -216,6 +216,7 @@ STAGE = STAGES.register("source")(
         run=run,
         headline=("source/val_acc_min",),
         selection=SELECTION,
+        label_kind="backbone",
         gate=Gate("source/{label}/val_acc", higher_is_better=True),
         shared_params=("transfer.backbones",),  # its target/fractions do not matter here
         fingerprint=weights_fingerprint,

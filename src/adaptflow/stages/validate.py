@@ -107,12 +107,8 @@ def _check_source(params: Params) -> None:
     """The source images fit every backbone, and `source.pretrained` weights can be had: timm's
     hub weights (online, or already cached) or a checkpoint of the right architecture. Checked
     before any run: offline, `hub` fails here at once with the fix."""
-    from adaptflow.models.backbones import (
-        CheckpointFileError,
-        HubUnavailableError,
-        build_backbone,
-        load_weights,
-    )
+    from adaptflow.models.backbones import CheckpointFileError, HubUnavailableError
+    from adaptflow.stages.source import build
 
     c, _, _ = _source_shape(params)
     cfg = params.source
@@ -121,16 +117,7 @@ def _check_source(params: Params) -> None:
     n_classes = _manifest(params, cfg.dataset)["num_classes"]
     for label, bb in params.transfer.backbones.items():
         try:
-            model = build_backbone(
-                bb.arch,
-                n_classes,
-                in_chans=c,
-                kwargs=bb.kwargs,
-                small_input=bb.small_input,
-                hub=cfg.pretrained == "hub",
-            )
-            if cfg.pretrained != "hub":
-                load_weights(model, cfg.pretrained)
+            build(bb, n_classes, c, cfg.pretrained)  # what the stage will do, before any run
         except (HubUnavailableError, CheckpointFileError, ValueError) as e:
             raise _error(
                 f"source.pretrained = {cfg.pretrained!r} (backbone {label!r}): {e}"

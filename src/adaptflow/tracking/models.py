@@ -219,6 +219,7 @@ def register_gated(
     margin: float,
     context: Mapping[str, str],
     alias: str = CHAMPION,
+    labels: Mapping[str, str] | None = None,
 ) -> Registration:
     """Register `model_uri` as a new version of `name` and let the gate decide its alias.
 
@@ -258,6 +259,8 @@ def register_gated(
         "gate.champion_value": "none" if gate.champion_value is None else repr(gate.champion_value),
         "gate.reason": via + gate.reason,
         **{f"gate.{k}": str(context[k]) for k in (*CONTEXT_KEYS, MODEL_KEY) if k in context},
+        "gate.alias": alias,
+        **dict(labels or {}),  # e.g. {"backbone": "vit"}: what the version is, for filtering
     }
     tags["gate.decision"] = gate.decision  # a version without it holds no decision
     for k, v in tags.items():
