@@ -34,12 +34,26 @@ FAMILIES = {
         "vit_tiny_patch16_224",
         {"img_size": 28, "patch_size": 7, "depth": 2, "embed_dim": 32, "num_heads": 2},
     ),
+    # the shipped ViT's shape (params.yaml): average pooling, no class token, so its final
+    # LayerNorm is timm's fc_norm after the pool, part of the head (norm is an Identity)
+    "vit_avg": (
+        "vit_tiny_patch16_224",
+        {
+            "img_size": 28,
+            "patch_size": 7,
+            "depth": 2,
+            "embed_dim": 32,
+            "num_heads": 2,
+            "global_pool": "avg",
+            "class_token": False,
+        },
+    ),
 }
 # per family: the parameter-name prefix of block i, of the head, and what follows the last block
-BLOCK = {"resnet": "layer{}.", "vit": "blocks.{}."}
-HEAD = {"resnet": ("fc.",), "vit": ("head.",)}
-AFTER_LAST_BLOCK = {"resnet": (), "vit": ("norm.",)}
-N_BLOCKS = {"resnet": 4, "vit": 2}
+BLOCK = {"resnet": "layer{}.", "vit": "blocks.{}.", "vit_avg": "blocks.{}."}
+HEAD = {"resnet": ("fc.",), "vit": ("head.",), "vit_avg": ("head.", "fc_norm.")}
+AFTER_LAST_BLOCK = {"resnet": (), "vit": ("norm.",), "vit_avg": ()}
+N_BLOCKS = {"resnet": 4, "vit": 2, "vit_avg": 2}
 
 
 def tiny(family: str, num_classes: int = 10, seed: int = 0, extra: dict | None = None, **kw):
@@ -98,7 +112,11 @@ def test_unknown_arch_or_kwarg_is_named():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_block_names_come_from_timms_coarse_groups(family):
-    expected = {"resnet": ["layer1", "layer2", "layer3", "layer4"], "vit": ["blocks.0", "blocks.1"]}
+    expected = {
+        "resnet": ["layer1", "layer2", "layer3", "layer4"],
+        "vit": ["blocks.0", "blocks.1"],
+        "vit_avg": ["blocks.0", "blocks.1"],
+    }
     assert block_names(tiny(family)) == expected[family]
 
 
