@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -89,9 +90,92 @@ def curve_record(history, key: str = "monitor_acc") -> dict:
     }
 
 
-def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
+@dataclass
+class ArmContext:
+    """What every arm of one backbone trains and is measured on."""
+
+    source: object  # the source backbone (never modified: arms copy it)
+    bb: object  # its transfer.backbones entry (scratch builds the same net)
+    f_all: np.ndarray  # frozen features of the whole training split
+    f_te: np.ndarray
+    x_all: np.ndarray
+    y_all: np.ndarray
+    x_te: np.ndarray
+    y_te: np.ndarray
+    monitor: np.ndarray  # training-split indices of the monitor split
+    n_classes: int
+    per_image_extract: float  # seconds to embed one image (the features arm's clock)
+    cfg: object  # params.finetune
+    fcfg: object  # params.features (the linear head's budget)
+    device: object
+    progress: bool
+
+
+def train_arm(arm: str, c: ArmContext, fit: np.ndarray, seed: int, on_epoch, desc: str):
+    """Train one arm on the labelled indices `fit` for its fixed budget: (model as one network,
+    history, test accuracy, trainable parameters, training seconds)."""
     from adaptflow.methods.transfer import accuracy, finetune, train_head
     from adaptflow.models.backbones import build_backbone
+
+    cfg, mon = c.cfg, c.monitor
+    if arm == "features":
+        epochs = steps_budget(len(fit), c.fcfg.head_batch_size, c.fcfg.head_epochs, cfg.min_steps)
+        head, history = train_head(
+            c.f_all[fit],
+            c.y_all[fit],
+            c.n_classes,
+            epochs=epochs,
+            lr=c.fcfg.head_lr,
+            batch_size=c.fcfg.head_batch_size,
+            weight_decay=c.fcfg.head_weight_decay,
+            seed=seed,
+            device=c.device,
+            progress=c.progress,
+            monitor=(c.f_all[mon], c.y_all[mon]),
+            on_epoch_end=on_epoch,
+        )
+        test_acc = accuracy(head, c.f_te, c.y_te, c.device)
+        trainable = sum(p.numel() for p in head.parameters())
+        # wall time includes embedding the images it trained on
+        seconds = _train_seconds(history) + c.per_image_extract * len(fit)
+        return _with_head(c.source, head, c.n_classes), history, test_acc, trainable, seconds
+    if arm == "finetune":
+        net = copy.deepcopy(c.source)
+        net.reset_classifier(c.n_classes)
+        unfreeze, decay = cfg.unfreeze, cfg.layer_decay
+    else:  # scratch: the same architecture from random init, every layer, uniform lr
+        bb = c.bb
+        in_chans = c.x_all.shape[1]
+        net = build_backbone(
+            bb.arch, c.n_classes, in_chans=in_chans, kwargs=bb.kwargs, small_input=bb.small_input
+        )
+        unfreeze, decay = "all", 1.0
+    method, history = finetune(
+        net,
+        c.x_all[fit],
+        c.y_all[fit],
+        unfreeze=unfreeze,
+        epochs=steps_budget(len(fit), cfg.batch_size, cfg.epochs, cfg.min_steps),
+        lr=cfg.lr,
+        layer_decay=decay,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        device=c.device,
+        progress=c.progress,
+        monitor=(c.x_all[mon], c.y_all[mon]),
+        on_epoch_end=on_epoch,
+        desc=desc,
+    )
+    model = method.model
+    test_acc = accuracy(model, c.x_te, c.y_te, c.device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model, history, test_acc, trainable, _train_seconds(history)
+
+
+def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
+    from adaptflow.methods.transfer import accuracy
     from adaptflow.stages import transfer_report
     from adaptflow.stages.features import check_architecture, source_models
     from adaptflow.stages.source import backbone_id
@@ -134,14 +218,27 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
             ctx.device,
         )
         per_image_extract = extract_s / (len(f_all) + len(f_te))
+        ctx_arm = ArmContext(
+            source,
+            bb,
+            f_all,
+            f_te,
+            x_all,
+            y_all,
+            x_te,
+            y_te,
+            mon,
+            n_classes,
+            per_image_extract,
+            cfg,
+            fcfg,
+            ctx.device,
+            ctx.progress,
+        )
         candidates: dict[str, object] = {}  # arm -> model at (f_gate, s_gate)
         for seed in sweep.seeds:
             for fraction in sweep.label_fractions:
                 fit = budgets[(fraction, seed)].fit
-                epochs = steps_budget(len(fit), cfg.batch_size, cfg.epochs, cfg.min_steps)
-                head_epochs = steps_budget(
-                    len(fit), fcfg.head_batch_size, fcfg.head_epochs, cfg.min_steps
-                )
                 common = {
                     "backbone": label,
                     "fraction": fraction,
@@ -154,8 +251,8 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                     "adaptflow.seed": str(seed),
                     "adaptflow.selection_protocol": SELECTION,
                 }
-                k = sweep.seeds.index(seed) % len(ARMS)  # rotate: no arm always runs first
-                for arm in ARMS[k:] + ARMS[:k]:
+                first = sweep.seeds.index(seed) % len(ARMS)  # rotate: no arm always first
+                for arm in ARMS[first:] + ARMS[:first]:
                     name = f"{label}-{arm}-f{fraction:g}-s{seed}"
                     with runs.run(f"finetune/{name}", tags=tags | {"adaptflow.arm": arm}):
                         runs.log_params(common | {"arm": arm})
@@ -164,64 +261,9 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                             runs.log_metrics({f"finetune/{k}": v for k, v in m.items()}, step=epoch)
 
                         seed_everything(seed)
-                        if arm == "features":
-                            head, history = train_head(
-                                f_all[fit],
-                                y_all[fit],
-                                n_classes,
-                                epochs=head_epochs,
-                                lr=fcfg.head_lr,
-                                batch_size=fcfg.head_batch_size,
-                                weight_decay=fcfg.head_weight_decay,
-                                seed=seed,
-                                device=ctx.device,
-                                progress=ctx.progress,
-                                monitor=(f_all[mon], y_all[mon]),
-                                on_epoch_end=on_epoch,
-                            )
-                            test_acc = accuracy(head, f_te, y_te, ctx.device)
-                            trainable = sum(p.numel() for p in head.parameters())
-                            # wall time includes embedding the images it trained on
-                            seconds = _train_seconds(history) + per_image_extract * len(fit)
-                            model = _with_head(source, head, n_classes)
-                        else:
-                            if arm == "finetune":
-                                net = copy.deepcopy(source)
-                                net.reset_classifier(n_classes)
-                                unfreeze, decay = cfg.unfreeze, cfg.layer_decay
-                            else:
-                                net = build_backbone(
-                                    bb.arch,
-                                    n_classes,
-                                    in_chans=in_shape[0],
-                                    kwargs=bb.kwargs,
-                                    small_input=bb.small_input,
-                                )
-                                unfreeze, decay = "all", 1.0
-                            method, history = finetune(
-                                net,
-                                x_all[fit],
-                                y_all[fit],
-                                unfreeze=unfreeze,
-                                epochs=epochs,
-                                lr=cfg.lr,
-                                layer_decay=decay,
-                                warmup_steps=cfg.warmup_steps,
-                                weight_decay=cfg.weight_decay,
-                                batch_size=cfg.batch_size,
-                                seed=seed,
-                                device=ctx.device,
-                                progress=ctx.progress,
-                                monitor=(x_all[mon], y_all[mon]),
-                                on_epoch_end=on_epoch,
-                                desc=f"finetune/{name}",
-                            )
-                            model = method.model
-                            test_acc = accuracy(model, x_te, y_te, ctx.device)
-                            trainable = sum(
-                                p.numel() for p in model.parameters() if p.requires_grad
-                            )
-                            seconds = _train_seconds(history)
+                        model, history, test_acc, trainable, seconds = train_arm(
+                            arm, ctx_arm, fit, seed, on_epoch, f"finetune/{name}"
+                        )
                         curves = curve_record(history)
                         if arm == "features":  # its clock includes embedding its images
                             shift = per_image_extract * len(fit)
