@@ -102,3 +102,40 @@ def test_paired_loader_pairs_every_source_batch_with_a_full_target_batch():
     assert set(seen[:7]) == set(range(7))  # one full pass over the target before repeating
     with pytest.raises(ValueError, match="no examples"):
         PairedLoader(x_s, y_s, x_t[:0], batch_size=4)
+
+
+def _rotated_moons(seed: int, degrees: float = 35.0):
+    from sklearn.datasets import make_moons
+
+    t = np.deg2rad(degrees)
+    rotation = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    x_s, y_s = make_moons(600, noise=0.1, random_state=seed)
+    x_t, y_t = make_moons(600, noise=0.1, random_state=seed + 100)
+    return x_s.astype(np.float32), y_s, (x_t @ rotation.T).astype(np.float32), y_t
+
+
+def _target_accuracy(name: str, seed: int, epochs: int = 30, batch: int = 64) -> float:
+    from adaptflow.training import Trainer
+
+    x_s, y_s, x_t, y_t = _rotated_moons(seed)
+    torch.manual_seed(seed)
+    cls = DA_METHODS.get(name)
+    steps = epochs * int(np.ceil(len(x_s) / batch))
+    method = cls(build_featurizer((2,), dim=32), 2, cls.Config(), steps)
+    trainer = Trainer(CPU, epochs, progress=False, restore_best=False)
+    optimizer = torch.optim.Adam(method.parameters(), lr=3e-3)
+    trainer.fit(method, PairedLoader(x_s, y_s, x_t, batch, seed), optimizers=[optimizer])
+    with torch.no_grad():
+        return float((method.predict(torch.from_numpy(x_t)).argmax(1).numpy() == y_t).mean())
+
+
+def test_adaptation_beats_source_only_on_a_rotated_two_moons_shift():
+    """Two moons, the target rotated 35°, no target label used: MMD and DANN beat source-only
+    on every seed (measured: source-only ~0.65, MMD ~0.85, DANN 0.70-0.93)."""
+    seeds = (0, 1, 2)
+    base = np.array([_target_accuracy("source_only", s) for s in seeds])
+    mmd = np.array([_target_accuracy("mmd", s) for s in seeds])
+    dann = np.array([_target_accuracy("dann", s) for s in seeds])
+    assert base.max() < 0.75  # the shift is real: the source classifier fails on the target
+    assert (mmd - base > 0.1).all()
+    assert (dann > base).all() and (dann - base).mean() > 0.05
