@@ -155,6 +155,11 @@ def split_train_val(n: int, val_fraction: float, max_train: int | None, seed: in
     return train, val
 
 
+def test_size(split, max_test: int | None) -> int:
+    """How many test examples a stage scores: all, or the first `max_test` (smoke runs)."""
+    return len(split.x_test) if max_test is None else min(max_test, len(split.x_test))
+
+
 def split_fingerprint(idx: np.ndarray) -> str:
     """Short hash of a set of indices (order-free): the gate only compares versions measured on
     the same validation split."""

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from adaptflow.data import Prepared
-from adaptflow.stages.base import STAGES, StageContext, StageOutcome, StageSpec
+from adaptflow.stages.base import STAGES, StageContext, StageOutcome, StageSpec, test_size
 
 SELECTION = (
     "no selection: every training label of each dataset, fixed head epochs (last kept), "
@@ -44,11 +44,9 @@ def check_architecture(model, bb, in_chans: int, uri: str, label: str) -> None:
     """The source model must be the network `transfer.backbones.<label>` describes (a stage run
     alone takes the registry's champion, which may predate a change of the backbone config):
     same parameter names and shapes outside the classifier, else a clear error."""
-    from adaptflow.models.backbones import build_backbone
+    from adaptflow.stages.source import new_backbone
 
-    expected = build_backbone(
-        bb.arch, 2, in_chans=in_chans, kwargs=bb.kwargs, small_input=bb.small_input
-    )
+    expected = new_backbone(bb, 2, in_chans)
     prefix = next(n for n, m in expected.named_modules() if m is expected.get_classifier())
 
     def shapes(m):
@@ -72,7 +70,7 @@ def extract(model, split, device, max_test: int | None) -> tuple[dict[str, np.nd
     it took."""
     from adaptflow.models.backbones import embed
 
-    n_test = len(split.x_test) if max_test is None else min(max_test, len(split.x_test))
+    n_test = test_size(split, max_test)
     t0 = time.perf_counter()
     f_train = embed(model, split.x_train, device)
     f_test = embed(model, split.x_test[:n_test], device)
@@ -100,7 +98,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     stage_run = runs.active_run_id()  # the features artifacts live here: finetune reads them
     for dataset in cfg.datasets:  # the baseline the features must beat: pixels
         split = data[dataset].split
-        n_test = len(split.x_test) if cfg.max_test is None else min(cfg.max_test, len(split.x_test))
+        n_test = test_size(split, cfg.max_test)
         t0 = time.perf_counter()
         pix = fit_logreg(
             split.x_train.reshape(len(split.x_train), -1),
@@ -154,7 +152,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                     "linear_test_acc": linear_acc,
                     "logreg_test_acc": logreg_acc,
                     "extract_seconds": extract_s,
-                    "linear_fit_seconds": float(sum(history.series("epoch_seconds"))),
+                    "linear_fit_seconds": history.train_seconds,
                     "logreg_fit_seconds": logreg_s,
                     "dim": float(f_tr.shape[1]),
                 }

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +35,7 @@ from adaptflow.stages.base import (
     StageOutcome,
     StageSpec,
     split_fingerprint,
+    test_size,
 )
 from adaptflow.stages.budget import data_plan, gate_indices, label_budget
 from adaptflow.training import seed_everything
@@ -68,7 +68,7 @@ def target_features(ctx, label, target, digest, model, source_uri, split, n_test
     """(f_train, f_test, extract seconds, where): the features stage's artifact when the pipeline
     passed its run along and it holds this dataset (same digest) embedded by this very source
     model, else extracted here."""
-    from adaptflow.models.backbones import embed
+    from adaptflow.stages.features import extract
     from adaptflow.tracking import runs
 
     run_id = ctx.upstream.get("features", {}).get("run_id")
@@ -77,10 +77,8 @@ def target_features(ctx, label, target, digest, model, source_uri, split, n_test
     if same_model and str(arrays["digest"]) == digest and len(arrays["f_test"]) >= n_test:
         seconds = float(arrays["extract_seconds"]) if "extract_seconds" in arrays else math.nan
         return arrays["f_train"], arrays["f_test"][:n_test], seconds, f"features run {run_id}"
-    t0 = time.perf_counter()
-    f_train = embed(model, split.x_train, device)
-    f_test = embed(model, split.x_test[:n_test], device)
-    return f_train, f_test, time.perf_counter() - t0, "extracted here"
+    arrays, seconds = extract(model, split, device, n_test)
+    return arrays["f_train"], arrays["f_test"], seconds, "extracted here"
 
 
 def curve_record(history, key: str = "monitor_acc") -> dict:
@@ -115,7 +113,7 @@ def train_arm(arm: str, c: ArmContext, fit: np.ndarray, seed: int, on_epoch, des
     """Train one arm on the labelled indices `fit` for its fixed budget: (model as one network,
     history, test accuracy, trainable parameters, training seconds)."""
     from adaptflow.methods.transfer import accuracy, finetune, train_head
-    from adaptflow.models.backbones import build_backbone
+    from adaptflow.stages.source import new_backbone
 
     cfg, mon = c.cfg, c.monitor
     if arm == "features":
@@ -137,18 +135,14 @@ def train_arm(arm: str, c: ArmContext, fit: np.ndarray, seed: int, on_epoch, des
         test_acc = accuracy(head, c.f_te, c.y_te, c.device)
         trainable = sum(p.numel() for p in head.parameters())
         # wall time includes embedding the images it trained on
-        seconds = _train_seconds(history) + c.per_image_extract * len(fit)
+        seconds = history.train_seconds + c.per_image_extract * len(fit)
         return _with_head(c.source, head, c.n_classes), history, test_acc, trainable, seconds
     if arm == "finetune":
         net = copy.deepcopy(c.source)
         net.reset_classifier(c.n_classes)
         unfreeze, decay = cfg.unfreeze, cfg.layer_decay
     else:  # scratch: the same architecture from random init, every layer, uniform lr
-        bb = c.bb
-        in_chans = c.x_all.shape[1]
-        net = build_backbone(
-            bb.arch, c.n_classes, in_chans=in_chans, kwargs=bb.kwargs, small_input=bb.small_input
-        )
+        net = new_backbone(c.bb, c.n_classes, in_chans=c.x_all.shape[1])
         unfreeze, decay = "all", 1.0
     method, history = finetune(
         net,
@@ -171,7 +165,7 @@ def train_arm(arm: str, c: ArmContext, fit: np.ndarray, seed: int, on_epoch, des
     model = method.model
     test_acc = accuracy(model, c.x_te, c.y_te, c.device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return model, history, test_acc, trainable, _train_seconds(history)
+    return model, history, test_acc, trainable, history.train_seconds
 
 
 def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
@@ -186,7 +180,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     prepared = data[sweep.target]
     split = prepared.split
     x_all, y_all = split.x_train, split.y_train
-    n_test = len(split.x_test) if sweep.max_test is None else min(sweep.max_test, len(split.x_test))
+    n_test = test_size(split, sweep.max_test)
     x_te, y_te = split.x_test[:n_test], split.y_test[:n_test]
     n_classes, in_shape = split.num_classes, tuple(x_all.shape[1:])
     plan = data_plan(len(x_all), sweep.val_fraction, sweep.max_train, params.seed)
@@ -312,13 +306,6 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     runs.log_metrics(summary)
     outcome.metrics = summary
     return outcome
-
-
-def _train_seconds(history) -> float:
-    """Training wall time: the epochs themselves, without the monitor evaluation and MLflow
-    logging of the per-epoch callback (which would weigh most on the many tiny epochs of a
-    small label budget)."""
-    return float(sum(history.series("epoch_seconds")))
 
 
 def _with_head(source, head, n_classes: int):

@@ -34,6 +34,7 @@ from adaptflow.stages.base import (
     StageSpec,
     split_fingerprint,
     split_train_val,
+    test_size,
 )
 from adaptflow.training import seed_everything
 
@@ -63,19 +64,21 @@ def weights_fingerprint(params) -> dict[str, str]:
     return {"pretrained_sha256": hashlib.sha256(Path(pretrained).read_bytes()).hexdigest()}
 
 
+def new_backbone(bb, n_classes: int, in_chans: int, hub: bool = False):
+    """The network a `transfer.backbones` entry describes (random init, or timm's hub weights)."""
+    from adaptflow.models.backbones import build_backbone
+
+    return build_backbone(
+        bb.arch, n_classes, in_chans=in_chans, kwargs=bb.kwargs, small_input=bb.small_input, hub=hub
+    )
+
+
 def build(bb, n_classes: int, in_chans: int, pretrained: str):
     """A backbone per `source.pretrained`: random init (to train here), timm's hub weights, or a
     checkpoint file. Returns (model, unfreeze): what the source run trains."""
-    from adaptflow.models.backbones import build_backbone, load_weights
+    from adaptflow.models.backbones import load_weights
 
-    model = build_backbone(
-        bb.arch,
-        n_classes,
-        in_chans=in_chans,
-        kwargs=bb.kwargs,
-        small_input=bb.small_input,
-        hub=pretrained == "hub",
-    )
+    model = new_backbone(bb, n_classes, in_chans, hub=pretrained == "hub")
     if pretrained == "source":
         return model, "all"
     if pretrained != "hub":
@@ -96,7 +99,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     )
     x_tr, y_tr = split.x_train[train_idx], split.y_train[train_idx]
     x_val, y_val = split.x_train[val_idx], split.y_train[val_idx]
-    n_test = len(split.x_test) if cfg.max_test is None else min(cfg.max_test, len(split.x_test))
+    n_test = test_size(split, cfg.max_test)
     x_te, y_te = split.x_test[:n_test], split.y_test[:n_test]
     n_classes, in_shape = split.num_classes, tuple(x_tr.shape[1:])
     outcome = StageOutcome(model_name=params.model_name("source"))

@@ -160,14 +160,15 @@ def _check_features(params: Params) -> None:
 
 def _check_finetune(params: Params) -> None:
     """The target matches the source input, and the smallest label budget has a label per class."""
-    from adaptflow.models.backbones import block_names, build_backbone
+    from adaptflow.models.backbones import block_names
     from adaptflow.stages.budget import data_plan
+    from adaptflow.stages.source import new_backbone
 
     sweep = params.transfer
     manifest = _check_same_input(params, "transfer.target", sweep.target)
     unfreeze = params.finetune.unfreeze
     for label, bb in sweep.backbones.items() if unfreeze != "all" else ():
-        blocks = block_names(build_backbone(bb.arch, 2, kwargs=bb.kwargs))
+        blocks = block_names(new_backbone(bb, 2, manifest["shapes"]["x_train"][1]))
         if unfreeze > len(blocks):
             raise _error(
                 f"finetune.unfreeze = {unfreeze}: backbone {label!r} ({bb.arch}) has "

@@ -83,6 +83,12 @@ class History:
     def series(self, key: str) -> list[float]:
         return [e[key] for e in self.epochs if key in e]
 
+    @property
+    def train_seconds(self) -> float:
+        """The epochs' own time: `seconds` minus the per-epoch callbacks (monitor evaluation,
+        MLflow logging), which weigh most on the many tiny epochs of a small label budget."""
+        return float(sum(self.series("epoch_seconds")))
+
 
 def _to_device(batch, device: torch.device):
     if isinstance(batch, torch.Tensor):
