@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ParamsError(ValueError):
@@ -83,31 +90,65 @@ class Mnist1dSource(Frozen):
     train_split: float = Field(0.8, gt=0, lt=1)
 
 
-class NpzSource(_Source):
-    kind: Literal["npz"]
+class _FileSource(_Source):
     path: Path
+    optional: bool = Field(
+        False,
+        description="a missing file skips this source (prepare says why) instead of failing; "
+        "stages that need it skip with the same reason (e.g. the shared benchmark files)",
+    )
+    label_offset: int = Field(
+        0,
+        description="added to the file's labels before anything else (e.g. -1 for MATLAB files "
+        "whose label k means class k-1), so two domains' label values can be compared",
+    )
+
+
+Layout = Literal["image", "vector"]
+LAYOUT_HELP = (
+    "image: rows are images (flat rows must be square, 0-255 rescaled to [0, 1]); "
+    "vector: feature vectors (N, D) kept as they are (no reshaping, no rescaling)"
+)
+
+
+class NpzSource(_FileSource):
+    kind: Literal["npz"]
     x_key: str = "X"
     y_key: str = "y"
+    layout: Layout = Field("image", description=LAYOUT_HELP)
 
 
-class MatSource(_Source):
+class MatSource(_FileSource):
     kind: Literal["mat"]
-    path: Path
     x_key: str | None = Field(None, description="None: first of Xs, fts, X, data found")
     y_key: str | None = Field(None, description="None: first of Ys, labels, y, Y found")
     side: str = Field(
         "source", description="for *_vs_* files: 'source' (Xs/Ys) or 'target' (Xt/Yt)"
     )
+    layout: Layout = Field("image", description=LAYOUT_HELP)
 
 
-class UspsH5Source(Frozen):
+class SvmlightSource(_FileSource):
+    """An svmlight / libsvm text file (sklearn's loader): feature vectors, kept as vectors."""
+
+    kind: Literal["svmlight"]
+    test_path: Path | None = Field(
+        None, description="a separate test file (same features); None: a stratified split"
+    )
+    n_features: int | None = Field(
+        None, ge=1, description="None: the largest feature index found (in both files)"
+    )
+    zero_based: bool | Literal["auto"] = Field(
+        "auto", description="feature indices start at 0 (auto: guessed by sklearn)"
+    )
+
+
+class UspsH5Source(_FileSource):
     kind: Literal["usps_h5"]
-    path: Path
 
 
-class ImageFolderSource(_Source):
+class ImageFolderSource(_FileSource):
     kind: Literal["image_folder"]
-    path: Path
     size: int = Field(28, ge=8, le=512)
     channels: Literal[1, 3] = 1
 
@@ -120,6 +161,7 @@ SourceConfig = Annotated[
     | Mnist1dSource
     | NpzSource
     | MatSource
+    | SvmlightSource
     | UspsH5Source
     | ImageFolderSource,
     Field(discriminator="kind"),
@@ -466,6 +508,150 @@ class FinetuneStageConfig(FixedBudget):
         return v
 
 
+def _da_method_names() -> list[str]:
+    from adaptflow.methods.da import DA_METHODS
+
+    return DA_METHODS.names()
+
+
+class DAPairConfig(Frozen):
+    """A labelled source domain and an unlabelled target domain (two data sources), one task."""
+
+    source: str = Field(min_length=1, description="a data source name (labelled)")
+    target: str = Field(min_length=1, description="a data source name (labels: evaluation only)")
+    side: int | None = Field(
+        None, ge=8, le=256, description="common image side (None: the larger); vectors: unused"
+    )
+    standardize: Literal["none", "source", "per_domain"] = Field(
+        "none",
+        description="feature vectors only: z-score with the source's statistics (source) or each "
+        "domain's own (per_domain); never with target labels",
+    )
+    protocol: Literal["split", "transductive"] = Field(
+        "split",
+        description="split: the target's test split is held out and scored; transductive: the "
+        "unlabelled target set (train + test) is what is adapted to and scored",
+    )
+    reference: str | None = Field(
+        None, description="published numbers to show beside this pair (a key of da.REFERENCES)"
+    )
+
+
+class DAStageConfig(Frozen):
+    """Domain adaptation (seed Q6): every method x pair x seed, selected without target labels.
+    A run's budget is `steps` optimizer steps, each on a source batch + a target batch."""
+
+    pairs: dict[str, DAPairConfig] = Field(
+        default_factory=lambda: {"syn2mnist": DAPairConfig(source="syndigits", target="mnist")},
+        min_length=1,
+    )
+    methods: list[str] = Field(
+        default_factory=lambda: ["source_only", "mmd", "coral", "dann", "mcc"], min_length=1
+    )
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1
+    )
+    featurizer: str = Field(
+        "auto",
+        description="auto (LeNet for images, MLP for vectors) | lenet | mlp | a transfer.backbones"
+        " label (timm)",
+    )
+    feature_dim: int = Field(128, ge=2, le=4096, description="LeNet / MLP feature size")
+    steps: int = Field(1000, ge=1, description="optimizer steps per run (source + target batch)")
+    checkpoints: int = Field(
+        4, ge=1, le=100, description="evenly spaced candidate checkpoints per run (the last too)"
+    )
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-method Config (e.g. {mcc: {temperature: 2.5}})"
+    )
+    grid: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict,
+        description="per-method hyper-parameter grid (e.g. {dann: {weight: [0.3, 1.0]}}), "
+        "chosen by `selection` like the checkpoints",
+    )
+    selection: Literal["dev", "iwcv", "snd", "entropy", "source_val"] = Field(
+        "dev", description="the unsupervised criterion that picks checkpoint and grid point"
+    )
+    select_points: int = Field(
+        1000, ge=20, description="unlabelled target images (and source val) each score uses"
+    )
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="source validation split (source labels: free)"
+    )
+    max_train: int | None = Field(None, ge=10, description="cap on source training examples")
+    max_target: int | None = Field(None, ge=10, description="cap on unlabelled target examples")
+    max_test: int | None = Field(None, ge=10, description="cap on scored test examples")
+    tsne_points: int = Field(500, ge=0, description="points per domain in t-SNE plots (0: none)")
+    gate_margin: float = Field(0.0, ge=0, description="gate score gain over the champion")
+    batch_size: int = Field(64, ge=2, le=65_536, description="per domain (source + target)")
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    amp: bool = Field(True, description="mixed precision when on CUDA (ignored on CPU)")
+    log_every: int = Field(20, ge=1, description="steps between loss syncs / progress updates")
+
+    @field_validator("pairs")
+    @classmethod
+    def _pair_labels(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for label in v:
+            _label(label)
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        names = _da_method_names()
+        for m in v:
+            if m not in names:
+                raise ValueError(f"unknown da method {m!r}; valid: {', '.join(names)}")
+        if len(set(v)) != len(v):
+            raise ValueError("methods are listed twice")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("values are listed twice")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _methods_configs(self) -> DAStageConfig:
+        from adaptflow.methods.da import DA_METHODS
+
+        for section in ("options", "grid"):
+            for m in getattr(self, section):
+                if m not in DA_METHODS.names():
+                    raise ValueError(f"{section}: unknown da method {m!r}")
+        for m, grid in self.grid.items():
+            cfg = DA_METHODS.get(m).Config
+            for key, values in grid.items():
+                if key not in cfg.model_fields:
+                    raise ValueError(
+                        f"grid.{m}: {key!r} is not an option of {m} "
+                        f"(options: {', '.join(cfg.model_fields)})"
+                    )
+                if not values:
+                    raise ValueError(f"grid.{m}.{key}: give at least one value")
+        for m in self.methods:
+            base = self.options.get(m, {})
+            for point in grid_points(self.grid.get(m, {})):
+                try:
+                    DA_METHODS.get(m).Config(**(base | point))
+                except ValueError as e:
+                    raise ValueError(f"options/grid of {m}: {e}") from None
+        return self
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a method's grid ({} -> one point: the options as given)."""
+    import itertools
+
+    keys = sorted(grid)
+    return [
+        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*map(grid.get, keys))
+    ]
+
+
 class Params(Frozen):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -481,6 +667,7 @@ class Params(Frozen):
     source: SourceStageConfig = Field(default_factory=SourceStageConfig)
     features: FeaturesStageConfig = Field(default_factory=FeaturesStageConfig)
     finetune: FinetuneStageConfig = Field(default_factory=FinetuneStageConfig)
+    da: DAStageConfig = Field(default_factory=DAStageConfig)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def stage(self, name: str) -> Frozen:
