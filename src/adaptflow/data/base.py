@@ -13,9 +13,17 @@ class DataError(ValueError):
     """Bad or missing data: the message names the file/key and the fix."""
 
 
+LAYOUTS = {4: "image", 3: "sequence", 2: "vector"}
+
+
 @dataclass(frozen=True)
 class Split:
-    """Images as (N, C, H, W) float32 in [0, 1] (sequences as (N, C, L)); labels int64 from 0."""
+    """x as images (N, C, H, W) float32 in [0, 1], sequences (N, C, L) or feature vectors (N, D)
+    (values as they are, finite); y int64 codes 0..K-1.
+
+    meta: "origin"; "layout" (image | sequence | vector); file sources add "label_values"
+    (label_values[k] is the original label of code k; without it code k stands for k).
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -28,11 +36,27 @@ class Split:
             x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
             if x.dtype != np.float32 or y.dtype != np.int64:
                 raise DataError(f"{part}: expected float32 x / int64 y, got {x.dtype} / {y.dtype}")
-            if x.ndim not in (3, 4) or len(x) != len(y):
+            if x.ndim not in LAYOUTS or y.ndim != 1 or len(x) != len(y):
                 raise DataError(f"{part}: x {x.shape} and y {y.shape} do not form N examples")
+            if x.ndim == 2 and not np.isfinite(x).all():
+                raise DataError(f"{part}: feature vectors contain NaN or inf values")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DataError(
+                f"train examples {self.x_train.shape[1:]} and test examples "
+                f"{self.x_test.shape[1:]} differ in shape"
+            )
+        declared = self.meta.get("layout")
+        if declared is not None and declared != self.layout:
+            raise DataError(f"meta says layout {declared!r} but x has shape {self.x_train.shape}")
+
+    @property
+    def layout(self) -> str:
+        return LAYOUTS[self.x_train.ndim]
 
     @property
     def num_classes(self) -> int:
+        if "label_values" in self.meta:
+            return len(self.meta["label_values"])
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
 

