@@ -2,6 +2,14 @@
 
 from adaptflow.data import embedded, files  # noqa: F401  (register the sources)
 from adaptflow.data.base import SOURCES, DataError, Split
-from adaptflow.data.prepare import Prepared, load_prepared, prepare_all
+from adaptflow.data.prepare import Prepared, SkippedSource, load_prepared, prepare_all
 
-__all__ = ["SOURCES", "DataError", "Prepared", "Split", "load_prepared", "prepare_all"]
+__all__ = [
+    "SOURCES",
+    "DataError",
+    "Prepared",
+    "SkippedSource",
+    "Split",
+    "load_prepared",
+    "prepare_all",
+]

@@ -1,5 +1,8 @@
 """DVC stage `prepare`: each configured source -> data/prepared/<name>.npz + <name>.json manifest.
 
+An optional file source whose file is absent writes only <name>.json, {"name", "skipped": reason};
+loading it raises SkippedSource, so a stage can skip with that reason.
+
 Writes go to a temporary file renamed into place, so an interrupted run never leaves a
 half-written dataset behind. The md5 in the manifest is the file's content md5, which is what
 DVC records for the file; it is the digest MLflow shows for the dataset input.
@@ -64,9 +67,44 @@ def manifest_for(name: str, split: Split, md5: str, sha256: str) -> dict:
     }
 
 
+class SkippedSource(DataError):
+    """An optional source whose file was absent when `prepare` ran: `.reason` says which."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"data source {name!r} was skipped by prepare: {reason}")
+        self.name, self.reason = name, reason
+
+    def __reduce__(self):  # picklable across processes (args are not the message)
+        return type(self), (self.name, self.reason)
+
+
+def skip_reason(cfg) -> str | None:
+    """Why an optional file source is skipped (its file is absent), else None."""
+    if not getattr(cfg, "optional", False):
+        return None
+    paths = [cfg.path, getattr(cfg, "test_path", None)]
+    missing = [str(p) for p in paths if p is not None and not Path(p).exists()]
+    if not missing:
+        return None
+    return f"optional {cfg.kind} file {' and '.join(missing)} does not exist"
+
+
+def _write_manifest(out_dir: Path, name: str, manifest: dict) -> None:
+    _atomic_write(
+        out_dir / f"{name}.json",
+        lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n"),
+    )
+
+
 def prepare_source(name: str, cfg, seed: int, out_dir: Path) -> dict:
-    split = SOURCES.get(cfg.kind)(cfg, seed)
     npz_path = out_dir / f"{name}.npz"
+    reason = skip_reason(cfg)
+    if reason:  # the manifest records the skip; no stale arrays may outlive it
+        manifest = {"name": name, "skipped": reason}
+        _write_manifest(out_dir, name, manifest)
+        npz_path.unlink(missing_ok=True)
+        return manifest
+    split = SOURCES.get(cfg.kind)(cfg, seed)
     arrays = {k: getattr(split, k) for k in ("x_train", "y_train", "x_test", "y_test")}
 
     def write_npz(tmp: str) -> None:
@@ -76,10 +114,7 @@ def prepare_source(name: str, cfg, seed: int, out_dir: Path) -> dict:
     _atomic_write(npz_path, write_npz)
     md5, sha = file_digests(npz_path)
     manifest = manifest_for(name, split, md5, sha)
-    _atomic_write(
-        out_dir / f"{name}.json",
-        lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n"),
-    )
+    _write_manifest(out_dir, name, manifest)
     return manifest
 
 
@@ -93,10 +128,13 @@ def prepare_all(params, names: list[str] | None = None, log=print) -> dict[str, 
     done = {}
     for name in names:
         m = prepare_source(name, sources[name], params.seed, out_dir)
-        log(
-            f"prepared {name}: train {m['shapes']['x_train']} test {m['shapes']['x_test']} "
-            f"md5 {m['md5']}"
-        )
+        if "skipped" in m:
+            log(f"skipped {name}: {m['skipped']}")
+        else:
+            log(
+                f"prepared {name}: train {m['shapes']['x_train']} test {m['shapes']['x_test']} "
+                f"md5 {m['md5']}"
+            )
         done[name] = m
     return done
 
@@ -114,13 +152,18 @@ class Prepared:
 
 
 def read_manifest(prepared_dir: Path, name: str) -> tuple[Path, dict]:
+    """The npz path and manifest of a prepared source; SkippedSource if prepare skipped it."""
     npz_path, man_path = prepared_dir / f"{name}.npz", prepared_dir / f"{name}.json"
-    if not npz_path.is_file() or not man_path.is_file():
-        raise DataError(f"prepared dataset {name!r} is missing ({npz_path}); {FIX}")
+    if not man_path.is_file():
+        raise DataError(f"prepared dataset {name!r} is missing ({man_path}); {FIX}")
     try:
         manifest = json.loads(man_path.read_text())
     except json.JSONDecodeError:
         raise DataError(f"manifest {man_path} is corrupt; {FIX}") from None
+    if isinstance(manifest, dict) and "skipped" in manifest:
+        raise SkippedSource(name, manifest["skipped"])
+    if not npz_path.is_file():
+        raise DataError(f"prepared dataset {name!r} is missing ({npz_path}); {FIX}")
     return npz_path, manifest
 
 
