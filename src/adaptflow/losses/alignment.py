@@ -110,3 +110,21 @@ def mcc(logits: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
     confusion = (probs * w).T @ probs  # (K, K)
     confusion = confusion / confusion.sum(1, keepdim=True).clamp_min(1e-8)
     return (confusion.sum() - confusion.trace()) / k
+
+
+def randomized_multilinear(
+    f: torch.Tensor, probs: torch.Tensor, r_f: torch.Tensor, r_g: torch.Tensor
+) -> torch.Tensor:
+    """CDAN's randomized multilinear map (Long et al. 2018, eq. 6): (f R_f) ⊙ (p R_g) / √m with
+    fixed Gaussian R_f (d, m), R_g (K, m): (batch, m) instead of (batch, d·K). Its inner products
+    are unbiased estimates of those of f ⊗ p, so the discriminator sees the same geometry."""
+    m = r_f.shape[1]
+    return (f @ r_f) * (probs.to(f.dtype) @ r_g) / math.sqrt(m)
+
+
+def pseudo_labels(probs: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-training's hard pseudo-labels: the argmax class of each row of class probabilities
+    (batch, K) and a mask of the rows whose top probability is >= threshold (FixMatch's rule: a
+    probability equal to the threshold, in the probabilities' dtype, is kept); no gradient."""
+    confidence, labels = probs.detach().max(1)
+    return labels, confidence >= threshold
