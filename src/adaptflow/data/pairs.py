@@ -14,7 +14,8 @@ import numpy as np
 
 from adaptflow.data.base import DataError, Split, resize
 
-STD_FLOOR = 1e-8  # a constant feature divides by this instead of 0
+STD_FLOOR = 1e-8  # below this a feature counts as constant and is only centred (scale 1), as
+# sklearn's StandardScaler does: dividing by ~0 would blow the other domain's values up to ~1e8
 Standardize = Literal["none", "source", "per_domain"]
 
 
@@ -91,7 +92,8 @@ def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-feature mean and population std (as sklearn's StandardScaler) of one training split."""
     x = x.astype(np.float64)
     mean, std = x.mean(0), x.std(0)
-    return mean, np.maximum(std, STD_FLOOR), int((std < STD_FLOOR).sum())
+    constant = std < STD_FLOOR
+    return mean, np.where(constant, 1.0, std), int(constant.sum())
 
 
 def _apply(split: Split, mean: np.ndarray, std: np.ndarray) -> Split:
