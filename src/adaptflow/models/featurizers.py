@@ -45,6 +45,18 @@ class MLPFeaturizer(nn.Module):
         return self.net(x.flatten(1))
 
 
+class TimmFeaturizer(nn.Module):
+    """A timm backbone's pooled pre-logit features (`forward_head(..., pre_logits=True)`)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.dim = net.num_features
+
+    def forward(self, x):
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+
 def build_featurizer(input_shape: tuple[int, ...], dim: int = 128) -> nn.Module:
     """LeNet for images (C, H, W) with H = W divisible by 4, an MLP for vectors (D,)."""
     if len(input_shape) == 1:

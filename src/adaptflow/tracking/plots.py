@@ -135,3 +135,42 @@ def sparsity_tradeoff(points: list[dict[str, float]], rho: float, mse_limit: flo
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], title: str = ""):
+    """Confusion matrix (rows: true class, normalised per row) with counts."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(0.45 * k + 2.5, 0.45 * k + 2))
+    ConfusionMatrixDisplay.from_predictions(
+        y_true,
+        y_pred,
+        labels=list(range(k)),
+        display_labels=classes,
+        normalize="true",
+        values_format=".2f",
+        include_values=k <= 12,
+        colorbar=False,
+        ax=ax,
+    )
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def domains(points: dict[str, np.ndarray], domain: np.ndarray, title: str = ""):
+    """One 2-D scatter per entry, coloured by domain (0 = source, 1 = target)."""
+    n = len(points)
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.6), squeeze=False, layout="constrained")
+    for ax, (name, xy) in zip(axes[0], points.items(), strict=True):
+        for d, colour, label in ((0, "tab:blue", "source"), (1, "tab:orange", "target")):
+            sel = domain == d
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=4, c=colour, label=label, alpha=0.6)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(loc="best", markerscale=3)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -24,33 +24,69 @@ def array_loader(*arrays: np.ndarray, batch_size: int, shuffle: bool, seed: int 
     )
 
 
-class PairedLoader:
-    """Source epochs paired with an endless shuffled target stream (domain adaptation): each
-    item is (x_s, y_s, x_t), batch_size of each; one epoch = one pass over the source. The target
-    stream reshuffles whenever it runs out, so every source batch meets a full target batch."""
+class _Endless:
+    """Batches of indices of n examples, reshuffled (seeded) whenever a pass runs out."""
 
-    def __init__(self, x_s, y_s, x_t, batch_size: int, seed: int = 0) -> None:
-        if len(x_t) == 0:
-            raise ValueError("the target domain has no examples")
-        self.source = array_loader(x_s, y_s, batch_size=batch_size, shuffle=True, seed=seed)
-        self.x_t = torch.from_numpy(np.ascontiguousarray(x_t))
-        self.batch_size = batch_size
-        self.g = torch.Generator().manual_seed(seed + 1)
-        self._order, self._pos = torch.randperm(len(self.x_t), generator=self.g), 0
+    def __init__(self, n: int, batch_size: int, g: torch.Generator) -> None:
+        self.n, self.batch_size, self.g = n, batch_size, g
+        self._order, self._pos = torch.randperm(n, generator=g), 0
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def _target_batch(self) -> torch.Tensor:
+    def next(self) -> torch.Tensor:
         idx = []
         while len(idx) < self.batch_size:
-            if self._pos >= len(self._order):
-                self._order, self._pos = torch.randperm(len(self.x_t), generator=self.g), 0
+            if self._pos >= self.n:
+                self._order, self._pos = torch.randperm(self.n, generator=self.g), 0
             take = self._order[self._pos : self._pos + self.batch_size - len(idx)]
             self._pos += len(take)
             idx.extend(take.tolist())
-        return self.x_t[idx]
+        return torch.tensor(idx)
+
+
+class PairedLoader:
+    """A source batch paired with a target batch (domain adaptation): each item is
+    (x_s, y_s, x_t) — or (x_s, y_s, x_t, y_t) when target labels are given (the oracle only).
+
+    Default: one epoch = one pass over the source, the target an endless reshuffled stream (so
+    every source batch meets a full target batch). With `steps_per_epoch` both domains are
+    endless streams and an "epoch" is that many steps: a run's budget in steps whatever the
+    domain sizes (the trainer's epoch end is then a checkpoint)."""
+
+    def __init__(
+        self,
+        x_s,
+        y_s,
+        x_t,
+        batch_size: int,
+        seed: int = 0,
+        y_t=None,
+        steps_per_epoch: int | None = None,
+    ) -> None:
+        if len(x_t) == 0:
+            raise ValueError("the target domain has no examples")
+        if len(x_s) == 0:
+            raise ValueError("the source domain has no examples")
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        self.x_s, self.y_s, self.x_t = as_t(x_s), as_t(y_s), as_t(x_t)
+        self.y_t = None if y_t is None else as_t(y_t)
+        self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
+        self.source = array_loader(x_s, y_s, batch_size=batch_size, shuffle=True, seed=seed)
+        self._s = _Endless(len(x_s), batch_size, torch.Generator().manual_seed(seed))
+        self._t = _Endless(len(x_t), batch_size, torch.Generator().manual_seed(seed + 1))
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch or len(self.source)
+
+    def _with_target(self, x_s, y_s):
+        idx = self._t.next()
+        if self.y_t is None:
+            return x_s, y_s, self.x_t[idx]
+        return x_s, y_s, self.x_t[idx], self.y_t[idx]
 
     def __iter__(self):
-        for x_s, y_s in self.source:
-            yield x_s, y_s, self._target_batch()
+        if self.steps_per_epoch is None:
+            for x_s, y_s in self.source:
+                yield self._with_target(x_s, y_s)
+            return
+        for _ in range(self.steps_per_epoch):
+            idx = self._s.next()
+            yield self._with_target(self.x_s[idx], self.y_s[idx])
