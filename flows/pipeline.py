@@ -15,6 +15,7 @@ from prefect import flow
 
 from adaptflow.config import load_params, parse_overrides
 from flows.ae import ae_flow
+from flows.da import da_flow
 from flows.features import features_flow
 from flows.finetune import finetune_flow
 from flows.pretrain import pretrain_flow
@@ -26,6 +27,7 @@ STAGE_FLOWS = {  # pipeline order
     "source": source_flow,
     "features": features_flow,
     "finetune": finetune_flow,
+    "da": da_flow,
 }
 log = logging.getLogger(__name__)
 

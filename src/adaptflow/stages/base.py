@@ -230,7 +230,17 @@ def shared_section(params: Params, dotted: str) -> Any:
 
 
 def load_inputs(params: Params, spec: StageSpec) -> dict[str, Prepared]:
-    return {name: load_prepared(params.data.prepared_dir, name) for name in spec.datasets(params)}
+    """The stage's prepared datasets; an optional source skipped by `prepare` (its file absent)
+    is left out, and the stage says why for whatever needed it (e.g. a `da` pair)."""
+    from adaptflow.data import SkippedSource
+
+    out = {}
+    for name in spec.datasets(params):
+        try:
+            out[name] = load_prepared(params.data.prepared_dir, name)
+        except SkippedSource as e:
+            log.warning("stage %s: dataset %s skipped: %s", spec.name, name, e.reason)
+    return out
 
 
 def resolve_upstream(spec: StageSpec, params: Params, ctx: StageContext) -> dict[str, dict]:

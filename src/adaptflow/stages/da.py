@@ -1,0 +1,551 @@
+"""Stage `da`: domain adaptation (seed Q6) — labelled source, unlabelled target, one task.
+
+For every pair of `da.pairs`, method of `da.methods` and seed, one nested run trains the method
+for `da.steps` steps (a source batch + a target batch each) and keeps `da.checkpoints` evenly
+spaced candidate checkpoints; with a hyper-parameter grid (`da.grid`), every grid point is a run
+of its own and its checkpoints join the candidates. The candidate is chosen by the unsupervised
+criterion `da.selection` (DEV, IWCV, SND, entropy or source validation accuracy), measured on the
+*pick* half of the selection data: source validation images (source labels are free) and
+unlabelled target images. Target labels select nothing: they are read only to score the chosen
+model (and, apart, by `target_oracle`, the upper bound). Beside each result the stage reports
+the accuracy an oracle would have picked among the same candidates, so users see the cost of
+selecting without labels.
+
+Per pair the method to register is the one with the best mean criterion over seeds (pick half);
+its registry gate is the criterion measured on the *gate* half, never the data that chose it.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from adaptflow.config import grid_points
+from adaptflow.data import DataError, Prepared
+from adaptflow.stages.base import (
+    STAGES,
+    Gate,
+    LabelledModel,
+    StageContext,
+    StageOutcome,
+    StageSpec,
+    split_fingerprint,
+)
+from adaptflow.training import seed_everything
+
+BASELINE, ORACLE = "source_only", "target_oracle"
+
+
+def selection_protocol(criterion: str) -> str:
+    return (
+        f"unsupervised: checkpoint and grid point by `{criterion}` on the pick half of (source "
+        "validation, unlabelled target); registered method by its mean over seeds on the pick "
+        "half, gate on the gate half; target labels select nothing (the oracle-selected "
+        "accuracy is reported beside, apart); test data selects nothing"
+    )
+
+
+def datasets(params) -> list[str]:
+    names: list[str] = []
+    for pc in params.da.pairs.values():
+        names += [n for n in (pc.source, pc.target) if n not in names]
+    return names
+
+
+# ---------------------------------------------------------------- data of one pair
+@dataclass
+class PairData:
+    """One pair's arrays by role. Target labels live only in `y_te` (scoring) and `y_pool`
+    (the oracle's training labels); nothing that selects receives them."""
+
+    label: str
+    x_s: np.ndarray  # source training
+    y_s: np.ndarray
+    x_sv: np.ndarray  # source validation (labels free: the selection data's source side)
+    y_sv: np.ndarray
+    x_st: np.ndarray  # source test (reported)
+    y_st: np.ndarray
+    x_t: np.ndarray  # unlabelled target pool (training and selection)
+    y_pool: np.ndarray  # its labels: target_oracle's training only
+    x_te: np.ndarray  # the scored target set (split: its test split; transductive: the pool)
+    y_te: np.ndarray
+    pick: tuple[np.ndarray, np.ndarray]  # (source val idx, target pool idx): chooses
+    gate: tuple[np.ndarray, np.ndarray]  # disjoint halves: the registry gate
+    n_classes: int
+    input_shape: tuple[int, ...]
+    layout: str
+    protocol: str
+    meta: dict = field(default_factory=dict)
+
+
+def _halves(n: int, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.random.default_rng(seed).permutation(n)[: 2 * cap]
+    half = len(idx) // 2
+    return np.sort(idx[:half]), np.sort(idx[half:])
+
+
+def pair_data(label: str, pc, cfg, source: Prepared, target: Prepared, seed: int) -> PairData:
+    from adaptflow.data.pairs import DomainPair
+    from adaptflow.stages.base import split_train_val
+
+    pair = DomainPair.build(source.split, target.split, side=pc.side, standardize=pc.standardize)
+    s, t = pair.source, pair.target
+    tr, val = split_train_val(len(s.x_train), cfg.val_fraction, cfg.max_train, seed)
+    n_st = len(s.x_test) if cfg.max_test is None else min(cfg.max_test, len(s.x_test))
+    if pc.protocol == "transductive":  # the unlabelled target set is what gets scored
+        x_pool = np.concatenate([t.x_train, t.x_test])
+        y_pool = np.concatenate([t.y_train, t.y_test])
+    else:
+        x_pool, y_pool = t.x_train, t.y_train
+    if cfg.max_target is not None and len(x_pool) > cfg.max_target:
+        keep = np.sort(np.random.default_rng(seed + 11).permutation(len(x_pool))[: cfg.max_target])
+        x_pool, y_pool = x_pool[keep], y_pool[keep]
+    if pc.protocol == "transductive":
+        x_te, y_te = x_pool, y_pool
+    else:
+        n_te = len(t.x_test) if cfg.max_test is None else min(cfg.max_test, len(t.x_test))
+        x_te, y_te = t.x_test[:n_te], t.y_test[:n_te]
+    cap = max(1, cfg.select_points // 2)
+    sv_pick, sv_gate = _halves(len(val), cap, seed + 101)
+    t_pick, t_gate = _halves(len(x_pool), cap, seed + 103)
+    if min(len(sv_pick), len(sv_gate), len(t_pick), len(t_gate)) < 5:
+        raise DataError(
+            f"da pair {label!r}: too few source validation ({len(val)}) or target ({len(x_pool)})"
+            " examples to select and gate; raise da.val_fraction or use more data"
+        )
+    return PairData(
+        label,
+        s.x_train[tr],
+        s.y_train[tr],
+        s.x_train[val],
+        s.y_train[val],
+        s.x_test[:n_st],
+        s.y_test[:n_st],
+        x_pool,
+        y_pool,
+        x_te,
+        y_te,
+        (sv_pick, t_pick),
+        (sv_gate, t_gate),
+        pair.num_classes,
+        pair.input_shape,
+        pair.layout,
+        pc.protocol,
+        {"classes": list(map(str, pair.classes)), "preprocessing": pair.preprocessing},
+    )
+
+
+# ---------------------------------------------------------------- networks
+def build_featurizer(cfg, params, input_shape: tuple[int, ...]) -> torch.nn.Module:
+    """`da.featurizer`: auto (LeNet for images, MLP for vectors), lenet, mlp, or a timm backbone
+    of `transfer.backbones` (random init)."""
+    from adaptflow.models import featurizers
+
+    name = cfg.featurizer
+    if name == "auto":
+        return featurizers.build_featurizer(input_shape, cfg.feature_dim)
+    if name == "mlp":
+        return featurizers.MLPFeaturizer(int(np.prod(input_shape)), dim=cfg.feature_dim)
+    if name == "lenet":
+        if len(input_shape) != 3:
+            raise DataError(f"da.featurizer lenet needs images, the pair gives {input_shape}")
+        return featurizers.build_featurizer(input_shape, cfg.feature_dim)
+    if name in params.transfer.backbones:
+        if len(input_shape) != 3:
+            raise DataError(f"da.featurizer {name} (timm) needs images, not {input_shape}")
+        from adaptflow.stages.source import new_backbone
+
+        net = new_backbone(params.transfer.backbones[name], 0, in_chans=input_shape[0])
+        return featurizers.TimmFeaturizer(net)
+    raise DataError(
+        f"da.featurizer {name!r}: use auto, lenet, mlp or a transfer.backbones label "
+        f"({', '.join(params.transfer.backbones)})"
+    )
+
+
+def new_method(name: str, cfg, params, pd: PairData, point: dict):
+    from adaptflow.methods.da import DA_METHODS
+
+    cls = DA_METHODS.get(name)
+    config = cls.Config(**(cfg.options.get(name, {}) | point))
+    featurizer = build_featurizer(cfg, params, pd.input_shape)
+    total = steps_per_checkpoint(cfg) * cfg.checkpoints
+    extra = {}
+    if "steps_per_epoch" in inspect.signature(cls.__init__).parameters:  # self_training
+        extra["steps_per_epoch"] = math.ceil(len(pd.x_s) / cfg.batch_size)  # a source epoch
+    return cls(featurizer, pd.n_classes, config, total_steps=total, **extra)
+
+
+def steps_per_checkpoint(cfg) -> int:
+    return max(1, math.ceil(cfg.steps / cfg.checkpoints))
+
+
+@torch.no_grad()
+def embed(method, x: np.ndarray, device, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(features, logits) of `x` in eval mode."""
+    method.eval()
+    feats, logits = [], []
+    for i in range(0, len(x), batch):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).to(device)
+        f = method.featurizer(xb)
+        feats.append(f.float().cpu())
+        logits.append(method.classifier(f).float().cpu())
+    return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+
+
+def accuracy(method, x, y, device) -> float:
+    return float((embed(method, x, device)[1].argmax(1) == y).mean())
+
+
+def unsupervised_scores(
+    method, x_sv: np.ndarray, y_sv: np.ndarray, x_t: np.ndarray, device, seed: int
+) -> dict[str, float]:
+    """Every selection criterion of one model, from labelled SOURCE validation images and
+    unlabelled TARGET images: the only inputs any selection sees (no target label exists here)."""
+    from adaptflow.evaluation import da_scores
+
+    f_s, logits_s = embed(method, x_sv, device)
+    f_t, logits_t = embed(method, x_t, device)
+    logp_s = torch.log_softmax(torch.from_numpy(logits_s), 1)
+    losses_s = (-logp_s[torch.arange(len(y_sv)), torch.from_numpy(y_sv)]).numpy()
+    probs_t = torch.softmax(torch.from_numpy(logits_t), 1).numpy()
+    w_raw = da_scores.importance_weights(f_s, f_t, seed, normalise=False)
+    w = w_raw / max(float(w_raw.mean()), 1e-12)  # IWCV: self-normalised weights
+    return {
+        "dev": da_scores.dev(losses_s, w_raw),  # its control variate needs E[w] = 1 unforced
+        "iwcv": da_scores.iwcv(losses_s, w),
+        "snd": da_scores.snd(probs_t),
+        "entropy": da_scores.prediction_entropy(probs_t),
+        "source_val": float((logits_s.argmax(1) == y_sv).mean()),
+    }
+
+
+# ---------------------------------------------------------------- one run
+@dataclass
+class Candidate:
+    point: dict
+    step: int
+    scores: dict[str, float]  # on the pick half
+    target_acc: float  # reported only (the oracle-selected column); never compared to select
+    state: dict | None = None
+
+
+def train_and_select(
+    name: str, cfg, params, pd: PairData, seed: int, device, progress=False, on_checkpoint=None
+) -> tuple[object, Candidate, list[Candidate], float]:
+    """Train `name` at every grid point; return (chosen model, chosen candidate, every
+    candidate, training seconds). The choice reads `unsupervised_scores` only."""
+    from adaptflow.evaluation.da_scores import oriented
+    from adaptflow.training import Trainer
+    from adaptflow.training.loaders import PairedLoader
+
+    per = steps_per_checkpoint(cfg)
+    sv_idx, t_idx = pd.pick
+    x_sv, y_sv, x_tsel = pd.x_sv[sv_idx], pd.y_sv[sv_idx], pd.x_t[t_idx]
+    candidates: list[Candidate] = []
+    best: Candidate | None = None
+    seconds = 0.0
+    for point in grid_points(cfg.grid.get(name, {})):
+        seed_everything(seed)
+        method = new_method(name, cfg, params, pd, point)
+        y_t = pd.y_pool if method.uses_target_labels else None
+        loader = PairedLoader(
+            pd.x_s, pd.y_s, pd.x_t, cfg.batch_size, seed, y_t=y_t, steps_per_epoch=per
+        )
+        opt = torch.optim.Adam(method.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        def checkpoint(epoch: int, metrics: dict, method=method, point=point) -> None:
+            nonlocal best
+            scores = unsupervised_scores(method, x_sv, y_sv, x_tsel, device, seed)
+            cand = Candidate(
+                dict(point), epoch * per, scores, accuracy(method, pd.x_te, pd.y_te, device)
+            )
+            if best is None or oriented(cfg.selection, scores[cfg.selection]) > oriented(
+                cfg.selection, best.scores[cfg.selection]
+            ):
+                cand.state = copy.deepcopy(method.state_dict())
+                if best is not None:
+                    best.state = None
+                best = cand
+            candidates.append(cand)
+            if on_checkpoint:
+                on_checkpoint(cand, metrics)
+            method.train()
+
+        trainer = Trainer(
+            device,
+            epochs=cfg.checkpoints,
+            amp=cfg.amp,
+            log_every=cfg.log_every,
+            monitor="loss",
+            progress=progress,
+            on_epoch_end=checkpoint,
+            desc=f"da/{pd.label}/{name}-s{seed}",
+            restore_best=False,
+        )
+        history = trainer.fit(method, loader, optimizers=[opt])
+        seconds += history.train_seconds
+    assert best is not None and best.state is not None
+    model = new_method(name, cfg, params, pd, best.point)
+    model.load_state_dict(best.state)
+    best.state = None
+    return model.to(device).eval(), best, candidates, seconds
+
+
+def to_network(method) -> torch.nn.Module:
+    """What gets logged and served: featurizer + classifier (no domain head, no teacher)."""
+    return (
+        torch.nn.Sequential(copy.deepcopy(method.featurizer), copy.deepcopy(method.classifier))
+        .cpu()
+        .eval()
+    )
+
+
+def gap_metrics(method, pd: PairData, device, seed: int) -> dict[str, float]:
+    """Proxy A-distance and MMD between source-test and scored-target features of `method`."""
+    from adaptflow.evaluation import da_scores
+
+    f_s, _ = embed(method, pd.x_st, device)
+    f_t, _ = embed(method, pd.x_te, device)
+    return {
+        "pad": da_scores.proxy_a_distance(f_s, f_t, seed),
+        "mmd": da_scores.feature_mmd(f_s, f_t, seed),
+    }
+
+
+# ---------------------------------------------------------------- the stage
+def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
+    from adaptflow.stages import da_report
+    from adaptflow.tracking import runs
+    from adaptflow.tracking.models import log_torch_model
+
+    cfg = params.da
+    outcome = StageOutcome(model_name=params.model_name("da"))
+    records: list[dict] = []
+    skipped: dict[str, str] = {}
+    extras: dict[str, dict] = {}
+    protocol = selection_protocol(cfg.selection)
+    runs.set_tags({"adaptflow.selection_protocol": protocol})
+    for label, pc in cfg.pairs.items():
+        missing = [n for n in (pc.source, pc.target) if n not in data]
+        if missing:
+            skipped[label] = "; ".join(data_skip_reason(params, n) for n in missing)
+            runs.set_tags({f"adaptflow.da.skipped.{label}": skipped[label][:500]})
+            continue
+        pd = pair_data(label, pc, cfg, data[pc.source], data[pc.target], params.seed)
+        runs.set_tags(
+            {
+                f"adaptflow.da.{label}.protocol": pc.protocol,
+                f"adaptflow.da.{label}.preprocessing": str(pd.meta["preprocessing"])[:500],
+            }
+        )
+        inputs = input_gap(pd, params.seed)
+        models: dict[tuple[str, int], object] = {}
+        for seed in cfg.seeds:
+            first = cfg.seeds.index(seed) % len(cfg.methods)  # no method always runs first
+            for name in cfg.methods[first:] + cfg.methods[:first]:
+                rec, model = one_run(name, cfg, params, pd, seed, ctx, protocol)
+                records.append(rec)
+                if seed == cfg.seeds[0]:
+                    models[(name, seed)] = model
+        extras[label] = {"inputs": inputs, "pd": pd}
+        reg = register_choice(label, records, cfg, models, pd, ctx.device, params.seed)
+        if reg is not None:
+            outcome.metrics[f"da/{label}/gate_score"] = reg["gate_score"]
+            with runs.run(f"da/{label}-registered", tags={"adaptflow.pair": label}):
+                runs.set_tags({"adaptflow.registered_method": reg["method"]})
+                runs.log_metrics({f"da/gate_{cfg.selection}": reg["gate_raw"]})
+                uri = log_torch_model(to_network(reg["model"]), pd.x_sv[:4])
+            outcome.models[label] = LabelledModel(
+                uri,
+                {
+                    "dataset_digest": f"{data[pc.source].digest}+{data[pc.target].digest}",
+                    "input_shape": "x".join(map(str, pd.input_shape)),
+                    "val_split": split_fingerprint(pd.gate[0])
+                    + "+"
+                    + split_fingerprint(pd.gate[1]),
+                    "model": f"{cfg.featurizer}:{cfg.feature_dim}",
+                    "selection": cfg.selection,
+                },
+                tags={"method": reg["method"]},
+            )
+        tsne(pd, models, reg, cfg, ctx.device, params.seed)
+    summary = da_report.publish(records, cfg, skipped, extras)
+    summary |= outcome.metrics
+    summary = {k: float(v) for k, v in summary.items() if math.isfinite(v)}
+    runs.log_metrics(summary)
+    outcome.metrics = summary
+    return outcome
+
+
+def data_skip_reason(params, name: str) -> str:
+    import json
+    from pathlib import Path
+
+    manifest = Path(params.data.prepared_dir) / f"{name}.json"
+    try:
+        return f"{name}: " + json.loads(manifest.read_text()).get("skipped", "not prepared")
+    except (OSError, ValueError):
+        return f"{name}: not prepared (run `make data`)"
+
+
+def input_gap(pd: PairData, seed: int) -> dict[str, float]:
+    """The pair's gap in input space (flattened pixels / vectors): before any network."""
+    from adaptflow.evaluation import da_scores
+
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    return {"pad": da_scores.proxy_a_distance(flat(pd.x_st), flat(pd.x_te), seed)}
+
+
+def one_run(name, cfg, params, pd: PairData, seed: int, ctx, protocol: str) -> tuple[dict, object]:
+    from adaptflow.tracking import plots, runs
+
+    tags = {
+        "adaptflow.pair": pd.label,
+        "adaptflow.method": name,
+        "adaptflow.seed": str(seed),
+        "adaptflow.selection_protocol": protocol,
+        "adaptflow.protocol": pd.protocol,
+        "adaptflow.uses_target_labels": str(name == ORACLE).lower(),
+    }
+    with runs.run(f"da/{pd.label}/{name}-s{seed}", tags=tags):
+        runs.log_params(
+            {"method": name, "pair": pd.label, "seed": seed, "selection": cfg.selection}
+        )
+
+        def on_checkpoint(cand: Candidate, metrics: dict) -> None:
+            runs.log_metrics(
+                {f"da/train_{k}": v for k, v in metrics.items()}
+                | {f"da/pick_{k}": v for k, v in cand.scores.items()}
+                | {"da/oracle_target_acc": cand.target_acc},
+                step=cand.step,
+            )
+
+        t0 = time.perf_counter()
+        model, chosen, cands, train_s = train_and_select(
+            name, cfg, params, pd, seed, ctx.device, ctx.progress, on_checkpoint
+        )
+        target_acc = accuracy(model, pd.x_te, pd.y_te, ctx.device)
+        logits = embed(model, pd.x_te, ctx.device)[1]
+        gap = gap_metrics(model, pd, ctx.device, seed)
+        rec = {
+            "pair": pd.label,
+            "method": name,
+            "seed": seed,
+            "target_acc": target_acc,
+            "oracle_selected_acc": max(c.target_acc for c in cands),
+            "last_acc": cands[-1].target_acc,
+            "source_test_acc": accuracy(model, pd.x_st, pd.y_st, ctx.device),
+            "chosen_step": chosen.step,
+            "chosen_point": str(chosen.point),
+            "candidates": len(cands),
+            **{f"pick_{k}": v for k, v in chosen.scores.items()},
+            **gap,
+            "train_seconds": train_s,
+            "wall_seconds": time.perf_counter() - t0,
+        }
+        runs.log_params({"chosen_step": chosen.step, "chosen_point": str(chosen.point)})
+        runs.log_metrics(
+            {
+                f"da/{k}": float(v)
+                for k, v in rec.items()
+                if isinstance(v, (int, float)) and k != "seed"
+            }
+        )
+        runs.log_text(
+            "\n".join(
+                ["point,step," + ",".join(chosen.scores) + ",oracle_target_acc"]
+                + [
+                    f'"{c.point}",{c.step},'
+                    + ",".join(f"{v:.6g}" for v in c.scores.values())
+                    + f",{c.target_acc:.4f}"
+                    for c in cands
+                ]
+            )
+            + "\n",
+            "candidates.csv",
+        )
+        runs.log_figure(
+            plots.confusion(pd.y_te, logits.argmax(1), pd.meta["classes"], f"{pd.label} {name}"),
+            "confusion.png",
+        )
+    return rec, model
+
+
+def register_choice(label, records, cfg, models, pd: PairData, device, seed: int) -> dict | None:
+    """The method to register for a pair: best mean oriented criterion over seeds (pick half),
+    adapted methods and source_only alike (never the oracle); its first-seed model's gate score
+    is the criterion on the gate half."""
+    from adaptflow.evaluation.da_scores import oriented
+
+    key = f"pick_{cfg.selection}"
+    means = {}
+    for name in cfg.methods:
+        if name == ORACLE:
+            continue
+        vals = [r[key] for r in records if r["pair"] == label and r["method"] == name]
+        means[name] = float(np.mean([oriented(cfg.selection, v) for v in vals]))
+    if not means:
+        return None
+    method = max(means, key=lambda m: (means[m], -cfg.methods.index(m)))
+    model = models[(method, cfg.seeds[0])]
+    sv_idx, t_idx = pd.gate
+    raw = unsupervised_scores(model, pd.x_sv[sv_idx], pd.y_sv[sv_idx], pd.x_t[t_idx], device, seed)
+    raw_value = raw[cfg.selection]
+    return {
+        "method": method,
+        "model": model,
+        "gate_raw": raw_value,
+        "gate_score": oriented(cfg.selection, raw_value),
+    }
+
+
+def tsne(pd: PairData, models, reg, cfg, device, seed: int) -> None:
+    """t-SNE of source-test vs target features: source_only (before) and the registered method
+    (after adaptation), first seed."""
+    from adaptflow.tracking import plots, runs
+
+    if cfg.tsne_points == 0 or reg is None:
+        return
+    from sklearn.manifold import TSNE
+
+    n = cfg.tsne_points
+    panels, domains = {}, None
+    for title, name in (
+        ("before: source_only", BASELINE),
+        (f"after: {reg['method']}", reg["method"]),
+    ):
+        if (name, cfg.seeds[0]) not in models or title in panels:
+            continue
+        f_s, _ = embed(models[(name, cfg.seeds[0])], pd.x_st[:n], device)
+        f_t, _ = embed(models[(name, cfg.seeds[0])], pd.x_te[:n], device)
+        f = np.concatenate([f_s, f_t])
+        panels[title] = TSNE(
+            2, init="pca", random_state=seed, perplexity=min(30, len(f) - 1)
+        ).fit_transform(f)
+        domains = np.r_[np.zeros(len(f_s)), np.ones(len(f_t))]
+    if panels:
+        runs.log_figure(
+            plots.domains(panels, domains, f"{pd.label}: source (0) vs target (1)"),
+            f"tsne_{pd.label}.png",
+        )
+
+
+STAGE = STAGES.register("da")(
+    StageSpec(
+        name="da",
+        datasets=datasets,
+        run=run,
+        headline=("da/claims_holding",),
+        selection="unsupervised (da.selection): see the adaptflow.selection_protocol tag",
+        label_kind="pair",
+        gate=Gate("da/{label}/gate_score", higher_is_better=True),
+        shared_params=("transfer.backbones",),
+    )
+)
