@@ -58,11 +58,15 @@ test-slow: $(STAMP) ## run only the slow tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: bench-pretrain bench-transfer ## run every benchmark
+bench: bench-pretrain bench-transfer bench-da ## run every benchmark
 
 .PHONY: bench-transfer
 bench-transfer: data ## source -> features -> finetune, the full sweep (profile bench), printed tables
 	$(BIN)/python -m bench.transfer_sweep $(foreach s,$(SET),--set $(s))
+
+.PHONY: bench-da
+bench-da: data ## every DA method x pair x 3 seeds (profile bench), table beside the peer numbers
+	$(BIN)/python -m bench.da_sweep $(foreach s,$(SET),--set $(s))
 
 .PHONY: bench-pretrain
 bench-pretrain: data ## greedy vs random init over label fractions x seeds (default profile), printed table

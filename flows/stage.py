@@ -12,14 +12,20 @@ from adaptflow.config import load_params
 
 @task(name="check-inputs", cache_policy=NO_CACHE)
 def check_inputs(stage: str, params_path: str, overrides: list[str]) -> dict[str, str]:
-    """Paths of the prepared datasets the stage reads; a clear error when any is missing."""
-    from adaptflow.data.prepare import read_manifest
+    """Paths of the prepared datasets the stage reads; a clear error when any is missing. An
+    optional source that `prepare` skipped (its file absent) is reported, not an error: the
+    stage leaves out what needs it and says why."""
+    from adaptflow.data.prepare import SkippedSource, read_manifest
     from adaptflow.stages import STAGES
 
     params = load_params(params_path, overrides)
     out = {}
     for name in STAGES.get(stage).datasets(params):
-        path, _ = read_manifest(Path(params.data.prepared_dir), name)
+        try:
+            path, _ = read_manifest(Path(params.data.prepared_dir), name)
+        except SkippedSource as e:
+            out[name] = f"skipped: {e.reason}"
+            continue
         out[name] = str(path)
     return out
 

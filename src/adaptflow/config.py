@@ -535,6 +535,9 @@ class DAPairConfig(Frozen):
     reference: str | None = Field(
         None, description="published numbers to show beside this pair (a key of da.REFERENCES)"
     )
+    steps: int | None = Field(
+        None, ge=1, description="optimizer steps per run for this pair (None: da.steps)"
+    )
 
 
 class DAStageConfig(Frozen):

@@ -117,14 +117,14 @@ def _rotated_moons(seed: int, degrees: float = 35.0):
     return x_s.astype(np.float32), y_s, (x_t @ rotation.T).astype(np.float32), y_t
 
 
-def _target_accuracy(name: str, seed: int, epochs: int = 30, batch: int = 64) -> float:
+def _target_accuracy(name: str, seed: int, epochs: int = 30, batch: int = 64, **config) -> float:
     from adaptflow.training import Trainer
 
     x_s, y_s, x_t, y_t = _rotated_moons(seed)
     torch.manual_seed(seed)
     cls = DA_METHODS.get(name)
     steps = epochs * int(np.ceil(len(x_s) / batch))
-    method = cls(build_featurizer((2,), dim=32), 2, cls.Config(), steps)
+    method = cls(build_featurizer((2,), dim=32), 2, cls.Config(**config), steps)
     trainer = Trainer(CPU, epochs, progress=False, restore_best=False)
     optimizer = torch.optim.Adam(method.parameters(), lr=3e-3)
     trainer.fit(method, PairedLoader(x_s, y_s, x_t, batch, seed), optimizers=[optimizer])
@@ -134,11 +134,13 @@ def _target_accuracy(name: str, seed: int, epochs: int = 30, batch: int = 64) ->
 
 def test_adaptation_beats_source_only_on_a_rotated_two_moons_shift():
     """Two moons, the target rotated 35°, no target label used: MMD and DANN beat source-only
-    on every seed (measured: source-only ~0.65, MMD ~0.85, DANN 0.70-0.93)."""
+    on every seed (measured: source-only ~0.65, MMD ~0.85, DANN 0.70-0.93). DANN's plain
+    one-hidden-layer domain head here: its batch-norm head (the default, needed on digits) is
+    measured at 0.62-0.71 on this 2-D shift, no better than source-only."""
     seeds = (0, 1, 2)
     base = np.array([_target_accuracy("source_only", s) for s in seeds])
     mmd = np.array([_target_accuracy("mmd", s) for s in seeds])
-    dann = np.array([_target_accuracy("dann", s) for s in seeds])
+    dann = np.array([_target_accuracy("dann", s, batch_norm=False) for s in seeds])
     assert base.max() < 0.75  # the shift is real: the source classifier fails on the target
     assert (mmd - base > 0.1).all()
     assert (dann > base).all() and (dann - base).mean() > 0.05

@@ -81,6 +81,7 @@ class PairData:
     input_shape: tuple[int, ...]
     layout: str
     protocol: str
+    steps: int  # optimizer steps per run
     meta: dict = field(default_factory=dict)
 
 
@@ -137,6 +138,7 @@ def pair_data(label: str, pc, cfg, source: Prepared, target: Prepared, seed: int
         pair.input_shape,
         pair.layout,
         pc.protocol,
+        pc.steps or cfg.steps,
         {"classes": list(map(str, pair.classes)), "preprocessing": pair.preprocessing},
     )
 
@@ -175,15 +177,15 @@ def new_method(name: str, cfg, params, pd: PairData, point: dict):
     cls = DA_METHODS.get(name)
     config = cls.Config(**(cfg.options.get(name, {}) | point))
     featurizer = build_featurizer(cfg, params, pd.input_shape)
-    total = steps_per_checkpoint(cfg) * cfg.checkpoints
+    total = steps_per_checkpoint(cfg, pd) * cfg.checkpoints
     extra = {}
     if "steps_per_epoch" in inspect.signature(cls.__init__).parameters:  # self_training
         extra["steps_per_epoch"] = math.ceil(len(pd.x_s) / cfg.batch_size)  # a source epoch
     return cls(featurizer, pd.n_classes, config, total_steps=total, **extra)
 
 
-def steps_per_checkpoint(cfg) -> int:
-    return max(1, math.ceil(cfg.steps / cfg.checkpoints))
+def steps_per_checkpoint(cfg, pd: PairData) -> int:
+    return max(1, math.ceil(pd.steps / cfg.checkpoints))
 
 
 @torch.no_grad()
@@ -245,7 +247,7 @@ def train_and_select(
     from adaptflow.training import Trainer
     from adaptflow.training.loaders import PairedLoader
 
-    per = steps_per_checkpoint(cfg)
+    per = steps_per_checkpoint(cfg, pd)
     sv_idx, t_idx = pd.pick
     x_sv, y_sv, x_tsel = pd.x_sv[sv_idx], pd.y_sv[sv_idx], pd.x_t[t_idx]
     candidates: list[Candidate] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from adaptflow.losses.alignment import (
     cdan_features,
@@ -14,7 +13,7 @@ from adaptflow.losses.alignment import (
     randomized_multilinear,
 )
 from adaptflow.methods.da.base import DA_METHODS
-from adaptflow.methods.da.dann import DANN, DANNConfig
+from adaptflow.methods.da.dann import DANN, DANNConfig, domain_head
 
 
 class CDANConfig(DANNConfig):
@@ -48,9 +47,7 @@ class CDAN(DANN):
             self.register_buffer("r_f", None)
             self.register_buffer("r_g", None)
         # DANN's head sees f (width d); ours sees the conditioning (width d·K or max_dim)
-        self.domain = nn.Sequential(
-            nn.Linear(width, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1)
-        )
+        self.domain = domain_head(width, config.hidden, config.batch_norm)
 
     def condition(self, f: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """The discriminator's input: f ⊗ p, (batch, d·K), or its randomized map (batch, max_dim)."""

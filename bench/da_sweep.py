@@ -1,0 +1,59 @@
+"""Benchmark: the `da` stage on the `bench` profile — every method x every pair x 3 seeds at the
+peer protocol's budget — printed as the stage report (per-pair tables with the measured peer and
+published numbers beside ours, verdicts) with the wall time.
+
+    make bench-da                                   # profile bench, recomputed (cache ignored)
+    python -m bench.da_sweep --set "da.methods=[source_only,mcc]" --set da.seeds=[0,1,2,3,4]
+
+Pairs needing ../shared/data are skipped (with the reason in the report) when it is absent.
+Runs are logged to MLflow (experiment `adaptflow-bench`); models register as
+`adaptflow-bench-da`, never under a production name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from adaptflow.env import configure_env
+from bench.pretrain_sweep import bench_params
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="KEY=VALUE param override"
+    )
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default="bench", help="params profile (default: bench)")
+    args = parser.parse_args(argv)
+    configure_env(".")
+    logging.basicConfig(level=logging.WARNING)
+
+    import mlflow
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from adaptflow.stages import StageContext, execute
+    from adaptflow.tracking.store import configure
+    from adaptflow.training import resolve_device
+
+    params = bench_params(args.params, [f"profile={args.profile}", *args.overrides])
+    device = resolve_device(params.device)
+    ctx = StageContext(Path("."), configure(".", params.experiment), device, force=True)
+    t0 = time.perf_counter()
+    outcome = execute("da", params, ctx)
+    seconds = time.perf_counter() - t0
+    console = Console()
+    report = mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/da/report.md")
+    console.print(Markdown(report))
+    Path("reports").mkdir(exist_ok=True)
+    out = Path("reports") / f"bench-da-{params.profile}.md"
+    out.write_text(report + f"\nwall time {seconds:.0f} s on {device}\n")
+    console.print(f"\nwall time {seconds:.0f} s on {device}; report written to {out}")
+
+
+if __name__ == "__main__":
+    main()

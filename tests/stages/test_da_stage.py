@@ -1,0 +1,143 @@
+"""The `da` stage's selection: it never reads target labels, it picks what its criterion says,
+its pick and gate data are disjoint, and the protocols score what they claim to."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from adaptflow.config import load_params
+from adaptflow.data import Split
+from adaptflow.evaluation.da_scores import oriented
+from adaptflow.stages import da
+from tests.conftest import REPO
+
+CPU = torch.device("cpu")
+
+
+def digits_split(shift: float, seed: int) -> Split:
+    """sklearn's 8x8 digits; the target domain is brighter, blurred-by-noise copies."""
+    from sklearn.datasets import load_digits
+
+    b = load_digits()
+    x = (b.images / 16.0).astype(np.float32)[:, None]
+    rng = np.random.default_rng(seed)
+    x = np.clip(x * (1 - shift) + shift * rng.random(x.shape, dtype=np.float32), 0, 1)
+    y = b.target.astype(np.int64)
+    return Split(x[:1400], y[:1400], x[1400:], y[1400:], {})
+
+
+def params_for(**da):
+    over = [f"da.{k}={v}" for k, v in da.items()]
+    return load_params(REPO / "params.yaml", over)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    params = params_for(
+        steps=24,
+        checkpoints=3,
+        batch_size=32,
+        select_points=200,
+        max_train=500,
+        max_target=400,
+        max_test=200,
+        **{"grid": "{mcc: {weight: [0.3, 1.0]}}"},
+    )
+    pc = params.da.pairs["syn2mnist"].model_copy(update={"side": None})
+    src = SimpleNamespace(split=digits_split(0.0, 0))
+    tgt = SimpleNamespace(split=digits_split(0.4, 1))
+    return params, da.pair_data("toy", pc, params.da, src, tgt, seed=0)
+
+
+def shuffled_target_labels(pd: da.PairData) -> da.PairData:
+    rng = np.random.default_rng(123)
+    return replace(pd, y_te=rng.permutation(pd.y_te), y_pool=rng.permutation(pd.y_pool))
+
+
+def test_selection_never_reads_target_labels(setup):
+    """Permuting every target label changes what is measured (the oracle-selected accuracy) but
+    not one selection score, the chosen checkpoint/grid point or the chosen weights."""
+    params, pd = setup
+    a_model, a, a_all, _ = da.train_and_select("mcc", params.da, params, pd, 0, CPU)
+    b_model, b, b_all, _ = da.train_and_select(
+        "mcc", params.da, params, shuffled_target_labels(pd), 0, CPU
+    )
+    assert len(a_all) == 2 * 3  # 2 grid points x 3 checkpoints
+    assert [(c.point, c.step, c.scores) for c in a_all] == [
+        (c.point, c.step, c.scores) for c in b_all
+    ]
+    assert (a.point, a.step) == (b.point, b.step)
+    for p, q in zip(a_model.state_dict().values(), b_model.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    assert [c.target_acc for c in a_all] != [c.target_acc for c in b_all]  # labels did change
+
+
+def test_scores_take_no_target_labels():
+    import inspect
+
+    names = inspect.signature(da.unsupervised_scores).parameters
+    assert [n for n in names if "y" in n] == ["y_sv"]  # source validation labels only
+
+
+@pytest.mark.parametrize("criterion", ["dev", "snd", "source_val"])
+def test_the_chosen_candidate_is_the_criterions_best(setup, criterion):
+    params, pd = setup
+    cfg = params.da.model_copy(update={"selection": criterion})
+    model, chosen, cands, _ = da.train_and_select("source_only", cfg, params, pd, 0, CPU)
+    best = max(cands, key=lambda c: oriented(criterion, c.scores[criterion]))
+    assert (chosen.step, chosen.scores) == (best.step, best.scores)
+    # the returned weights are that checkpoint's: its scores recompute exactly
+    sv, t = pd.pick
+    again = da.unsupervised_scores(model, pd.x_sv[sv], pd.y_sv[sv], pd.x_t[t], CPU, 0)
+    assert again[criterion] == pytest.approx(chosen.scores[criterion], rel=1e-5, abs=1e-6)
+
+
+def test_pick_and_gate_halves_are_disjoint_and_source_val_is_not_trained_on(setup):
+    _, pd = setup
+    assert not set(pd.pick[0]) & set(pd.gate[0])
+    assert not set(pd.pick[1]) & set(pd.gate[1])
+    rows = lambda x: {r.tobytes() for r in x}  # noqa: E731
+    assert not rows(pd.x_s) & rows(pd.x_sv)
+    assert len(pd.x_t) == 400 and len(pd.x_te) == 200  # max_target, max_test
+
+
+def test_protocols_score_the_held_out_split_or_the_adapted_set():
+    params = params_for(max_target=300, select_points=100)
+    src = SimpleNamespace(split=digits_split(0.0, 0))
+    tgt = SimpleNamespace(split=digits_split(0.4, 1))
+    split_pc = params.da.pairs["syn2mnist"].model_copy(update={"side": None})
+    pd = da.pair_data("toy", split_pc, params.da, src, tgt, seed=0)
+    rows = lambda x: {r.tobytes() for r in x}  # noqa: E731
+    assert rows(pd.x_te) <= rows(tgt.split.x_test) and not rows(pd.x_te) & rows(pd.x_t)
+    trans = split_pc.model_copy(update={"protocol": "transductive"})
+    pd = da.pair_data("toy", trans, params.da, src, tgt, seed=0)
+    assert pd.x_te is pd.x_t and len(pd.x_t) == 300  # scored = the unlabelled set adapted to
+
+
+def test_registered_method_is_chosen_by_the_criterion_never_the_oracle(setup):
+    params, pd = setup
+    cfg = params.da.model_copy(
+        update={"methods": ["source_only", "mcc", "target_oracle"], "seeds": [0, 1]}
+    )
+    recs = [
+        {"pair": "toy", "method": m, "seed": s, "pick_dev": v}
+        for m, vals in {
+            "source_only": [0.9, 0.8],
+            "mcc": [0.5, 0.7],
+            "target_oracle": [0.0, 0.0],
+        }.items()
+        for s, v in zip([0, 1], vals, strict=True)
+    ]
+    models = {}
+    for m in ("source_only", "mcc"):
+        models[(m, 0)] = da.new_method(m, cfg, params, pd, {}).eval()
+    reg = da.register_choice("toy", recs, cfg, models, pd, CPU, 0)
+    assert reg["method"] == "mcc"  # lowest mean DEV; the oracle's 0.0 does not compete
+    sv, t = pd.gate  # the gate score is measured on the gate half
+    gate = da.unsupervised_scores(models[("mcc", 0)], pd.x_sv[sv], pd.y_sv[sv], pd.x_t[t], CPU, 0)
+    assert reg["gate_score"] == pytest.approx(-gate["dev"])
