@@ -24,6 +24,8 @@ def check_inputs(stage: str, params_path: str, overrides: list[str]) -> dict[str
         try:
             path, _ = read_manifest(Path(params.data.prepared_dir), name)
         except SkippedSource as e:
+            if not STAGES.get(stage).optional_inputs:
+                raise
             out[name] = f"skipped: {e.reason}"
             continue
         out[name] = str(path)

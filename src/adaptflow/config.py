@@ -560,6 +560,11 @@ class DAStageConfig(Frozen):
         " label (timm)",
     )
     feature_dim: int = Field(128, ge=2, le=4096, description="LeNet / MLP feature size")
+    init: Literal["random", "source"] = Field(
+        "random",
+        description="timm featurizer only: random init, or the weights of the `source` stage's "
+        "registered model for that backbone (models:/<prefix>-source@champion-<label>)",
+    )
     steps: int = Field(1000, ge=1, description="optimizer steps per run (source + target batch)")
     checkpoints: int = Field(
         4, ge=1, le=100, description="evenly spaced candidate checkpoints per run (the last too)"
@@ -635,6 +640,11 @@ class DAStageConfig(Frozen):
                     )
                 if not values:
                     raise ValueError(f"grid.{m}.{key}: give at least one value")
+        if self.init == "source" and self.featurizer in ("auto", "lenet", "mlp"):
+            raise ValueError(
+                "init: source needs a timm featurizer (a transfer.backbones label), not "
+                f"{self.featurizer!r}"
+            )
         for m in self.methods:
             base = self.options.get(m, {})
             for point in grid_points(self.grid.get(m, {})):
@@ -802,6 +812,27 @@ def _check_cross_refs(p: Params) -> None:
                 f"{p.data.sources[dataset].kind}), {stage} needs images; "
                 f"image sources: {', '.join(images) or 'none configured'}"
             )
+    for label, pc in p.da.pairs.items():
+        for role in ("source", "target"):
+            name = getattr(pc, role)
+            if name not in p.data.sources:
+                raise ParamsError(
+                    f"invalid params:\n  da.pairs.{label}.{role} = {name!r}: not a data source; "
+                    f"valid: {', '.join(p.data.sources)}"
+                )
+            if p.data.sources[name].kind in sequence_kinds:
+                raise ParamsError(
+                    f"invalid params:\n  da.pairs.{label}.{role} = {name!r}: a sequence source; "
+                    "da pairs need images or feature vectors"
+                )
+        if pc.reference is not None:
+            from adaptflow.stages.da_report import REFERENCES
+
+            if pc.reference not in REFERENCES:
+                raise ParamsError(
+                    f"invalid params:\n  da.pairs.{label}.reference = {pc.reference!r}: "
+                    f"valid: {', '.join(REFERENCES)}"
+                )
     if max(p.transfer.label_fractions) < 1.0:
         raise ParamsError(
             f"invalid params:\n  transfer.label_fractions = {p.transfer.label_fractions}: the "

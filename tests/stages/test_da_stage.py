@@ -59,6 +59,33 @@ def shuffled_target_labels(pd: da.PairData) -> da.PairData:
     return replace(pd, y_te=rng.permutation(pd.y_te), y_pool=rng.permutation(pd.y_pool))
 
 
+class Untouchable(np.ndarray):
+    """Target labels no selection code may read: any access raises."""
+
+    def __array_finalize__(self, obj):
+        pass
+
+    def _refuse(self, *args, **kwargs):
+        raise AssertionError("target labels were read")
+
+    __getitem__ = __array__ = __iter__ = __len__ = _refuse
+    __array_function__ = __array_ufunc__ = _refuse
+
+
+@pytest.mark.parametrize("name", ["mcc", "dann", "cdan", "self_training"])
+def test_non_oracle_training_and_selection_never_touch_the_pool_labels(setup, name, monkeypatch):
+    """The pool's labels exist only for target_oracle: every other method trains, checkpoints
+    and selects with them untouchable; scoring (`accuracy` on the scored set) is the only reader
+    of target labels and is replaced here by a stub that ignores them."""
+    params, pd = setup
+    poisoned = replace(pd, y_pool=np.asarray(pd.y_pool).view(Untouchable), y_te=None)
+    monkeypatch.setattr(da, "accuracy", lambda method, x, y, device: 0.0)
+    cfg = params.da.model_copy(update={"steps": 6, "checkpoints": 2})
+    _, chosen, cands, _ = da.train_and_select(name, cfg, params, poisoned, 0, CPU)
+    best = max(cands, key=lambda c: oriented(cfg.selection, c.scores[cfg.selection]))
+    assert (chosen.point, chosen.step) == (best.point, best.step)
+
+
 def test_selection_never_reads_target_labels(setup):
     """Permuting every target label changes what is measured (the oracle-selected accuracy) but
     not one selection score, the chosen checkpoint/grid point or the chosen weights."""
@@ -68,6 +95,8 @@ def test_selection_never_reads_target_labels(setup):
         "mcc", params.da, params, shuffled_target_labels(pd), 0, CPU
     )
     assert len(a_all) == 2 * 3  # 2 grid points x 3 checkpoints
+    best = max(a_all, key=lambda c: oriented("dev", c.scores["dev"]))
+    assert (a.point, a.step) == (best.point, best.step)
     assert [(c.point, c.step, c.scores) for c in a_all] == [
         (c.point, c.step, c.scores) for c in b_all
     ]
@@ -141,3 +170,36 @@ def test_registered_method_is_chosen_by_the_criterion_never_the_oracle(setup):
     sv, t = pd.gate  # the gate score is measured on the gate half
     gate = da.unsupervised_scores(models[("mcc", 0)], pd.x_sv[sv], pd.y_sv[sv], pd.x_t[t], CPU, 0)
     assert reg["gate_score"] == pytest.approx(-gate["dev"])
+
+
+def test_the_gate_half_is_never_trained_on_and_the_oracle_never_scored_on_its_labels(setup):
+    _, pd = setup
+    assert not set(pd.t_train) & set(pd.gate[1])
+    assert set(pd.t_train) | set(pd.gate[1]) == set(range(len(pd.x_t)))
+    params = params_for(max_target=300, select_points=100)
+    src = SimpleNamespace(split=digits_split(0.0, 0))
+    tgt = SimpleNamespace(split=digits_split(0.4, 1))
+    trans = params.da.pairs["syn2mnist"].model_copy(
+        update={"side": None, "protocol": "transductive"}
+    )
+    pd = da.pair_data("toy", trans, params.da, src, tgt, seed=0)
+    assert not set(pd.oracle_train) & set(pd.oracle_scored)
+    x_sc, _ = pd.scored(uses_target_labels=True)
+    assert len(x_sc) == len(pd.x_t) - len(pd.oracle_train) and len(pd.scored(False)[0]) == 300
+
+
+def test_a_non_finite_score_never_wins(setup, monkeypatch):
+    """A diverged checkpoint (NaN criterion) must not be chosen, even when it comes first."""
+    params, pd = setup
+    calls = iter([float("nan"), 0.9, 0.5])
+    real = da.unsupervised_scores
+
+    def scores(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["dev"] = next(calls)
+        return out
+
+    monkeypatch.setattr(da, "unsupervised_scores", scores)
+    _, chosen, cands, _ = da.train_and_select("source_only", params.da, params, pd, 0, CPU)
+    assert [c.scores["dev"] for c in cands][1:] == [0.9, 0.5]
+    assert chosen.step == cands[2].step  # the lowest finite DEV

@@ -104,12 +104,15 @@ def _apply(split: Split, mean: np.ndarray, std: np.ndarray) -> Split:
 
 
 def zscore(source: Split, target: Split, how: Standardize) -> tuple[Split, Split, dict]:
-    """z-score feature vectors; statistics come from training x only (never labels)."""
+    """z-score feature vectors; statistics come from training x only (never labels). info
+    carries, besides what is logged, `target_stats`: the (mean, std) applied to the target (what
+    a model serving target inputs must apply first)."""
     if how == "none":
         return source, target, {"standardize": "none"}
     if how == "source":
         mean, std, constant = _fit(source.x_train)
         info = {"fit_on": "source train", "n_fit": len(source.x_train), "constant": constant}
+        info["target_stats"] = (mean, std)
         return _apply(source, mean, std), _apply(target, mean, std), {"standardize": how, **info}
     if how == "per_domain":
         (m_s, s_s, c_s), (m_t, s_t, c_t) = _fit(source.x_train), _fit(target.x_train)
@@ -119,6 +122,7 @@ def zscore(source: Split, target: Split, how: Standardize) -> tuple[Split, Split
             "n_fit_target": len(target.x_train),
             "constant_source": c_s,
             "constant_target": c_t,
+            "target_stats": (m_t, s_t),
         }
         return _apply(source, m_s, s_s), _apply(target, m_t, s_t), {"standardize": how, **info}
     raise DataError(f"standardize={how!r}: use none, source or per_domain")
@@ -155,6 +159,8 @@ class DomainPair:
     channels: int | None = None
     classes: tuple = ()
     preprocessing: dict = field(default_factory=lambda: {"standardize": "none"})
+    # the (mean, std) z-scoring applied to target inputs (None: none): a served model needs it
+    target_stats: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def build(
@@ -189,7 +195,8 @@ class DomainPair:
                 )
             side = channels = None  # an image format means nothing for vectors
             source, target, info = zscore(source, target, standardize)
-        return cls(source, target, side, channels, tuple(values_s), info)
+        stats = info.pop("target_stats", None)
+        return cls(source, target, side, channels, tuple(values_s), info, stats)
 
     @property
     def layout(self) -> str:

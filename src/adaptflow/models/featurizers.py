@@ -57,6 +57,21 @@ class TimmFeaturizer(nn.Module):
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
 
 
+class Standardize(nn.Module):
+    """(x − mean) / std with fixed statistics: the z-scoring a pair applied to its target
+    inputs, carried inside a served model so it takes raw feature vectors."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        import torch
+
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
 def build_featurizer(input_shape: tuple[int, ...], dim: int = 128) -> nn.Module:
     """LeNet for images (C, H, W) with H = W divisible by 4, an MLP for vectors (D,)."""
     if len(input_shape) == 1:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from adaptflow.config import Params
-from adaptflow.data import Prepared, load_prepared
+from adaptflow.data import DataError, Prepared, load_prepared
 from adaptflow.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ class StageSpec:
     # param names): a JSON-able dict entering the cache key
     fingerprint: Callable[[Params], dict[str, str]] | None = None
     label_kind: str = "label"  # what a model label names (e.g. "backbone"): a version tag
+    # True: a dataset `prepare` skipped (optional source, file absent) is left out of run()'s
+    # data and the stage says why for what needed it; False: it is an error naming the fix
+    optional_inputs: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,11 @@ def load_inputs(params: Params, spec: StageSpec) -> dict[str, Prepared]:
         try:
             out[name] = load_prepared(params.data.prepared_dir, name)
         except SkippedSource as e:
+            if not spec.optional_inputs:
+                raise DataError(
+                    f"stage {spec.name} needs data source {name!r}, which prepare skipped: "
+                    f"{e.reason}; provide the file or point the stage at another source"
+                ) from None
             log.warning("stage %s: dataset %s skipped: %s", spec.name, name, e.reason)
     return out
 

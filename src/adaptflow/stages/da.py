@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from adaptflow.stages.base import (
 from adaptflow.training import seed_everything
 
 BASELINE, ORACLE = "source_only", "target_oracle"
+log = logging.getLogger(__name__)
 
 
 def selection_protocol(criterion: str) -> str:
@@ -77,18 +80,49 @@ class PairData:
     y_te: np.ndarray
     pick: tuple[np.ndarray, np.ndarray]  # (source val idx, target pool idx): chooses
     gate: tuple[np.ndarray, np.ndarray]  # disjoint halves: the registry gate
+    t_train: np.ndarray  # pool indices the methods train on: the gate's target half left out
+    oracle_train: np.ndarray  # pool indices whose labels target_oracle trains on
+    oracle_scored: np.ndarray | None  # transductive: x_te rows it is scored on (not trained on)
     n_classes: int
     input_shape: tuple[int, ...]
     layout: str
     protocol: str
     steps: int  # optimizer steps per run
     meta: dict = field(default_factory=dict)
+    target_stats: tuple | None = None  # the z-scoring of target inputs (served models apply it)
+
+    def scored(self, uses_target_labels: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The target examples a method is scored on (the oracle: never ones it trained on)."""
+        if uses_target_labels and self.oracle_scored is not None:
+            return self.x_te[self.oracle_scored], self.y_te[self.oracle_scored]
+        return self.x_te, self.y_te
+
+    def summary(self) -> dict:
+        """What the report needs of a pair (not its arrays)."""
+        return {
+            "protocol": self.protocol,
+            "steps": self.steps,
+            "n_source": len(self.x_s),
+            "n_target": len(self.x_t),
+            "n_target_train": len(self.t_train),
+            "n_scored": len(self.x_te),
+            "input_shape": self.input_shape,
+            "preprocessing": self.meta["preprocessing"],
+        }
 
 
 def _halves(n: int, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.random.default_rng(seed).permutation(n)[: 2 * cap]
     half = len(idx) // 2
     return np.sort(idx[:half]), np.sort(idx[half:])
+
+
+def _first(n: int, cap: int | None, seed: int) -> np.ndarray:
+    """A seeded subset of `cap` of n indices (sorted), all when cap is None: test files are
+    often sorted by class, so their first rows are no sample."""
+    if cap is None or cap >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:cap])
 
 
 def pair_data(label: str, pc, cfg, source: Prepared, target: Prepared, seed: int) -> PairData:
@@ -98,7 +132,7 @@ def pair_data(label: str, pc, cfg, source: Prepared, target: Prepared, seed: int
     pair = DomainPair.build(source.split, target.split, side=pc.side, standardize=pc.standardize)
     s, t = pair.source, pair.target
     tr, val = split_train_val(len(s.x_train), cfg.val_fraction, cfg.max_train, seed)
-    n_st = len(s.x_test) if cfg.max_test is None else min(cfg.max_test, len(s.x_test))
+    st = _first(len(s.x_test), cfg.max_test, seed + 13)
     if pc.protocol == "transductive":  # the unlabelled target set is what gets scored
         x_pool = np.concatenate([t.x_train, t.x_test])
         y_pool = np.concatenate([t.y_train, t.y_test])
@@ -110,8 +144,8 @@ def pair_data(label: str, pc, cfg, source: Prepared, target: Prepared, seed: int
     if pc.protocol == "transductive":
         x_te, y_te = x_pool, y_pool
     else:
-        n_te = len(t.x_test) if cfg.max_test is None else min(cfg.max_test, len(t.x_test))
-        x_te, y_te = t.x_test[:n_te], t.y_test[:n_te]
+        te = _first(len(t.x_test), cfg.max_test, seed + 17)
+        x_te, y_te = t.x_test[te], t.y_test[te]
     cap = max(1, cfg.select_points // 2)
     sv_pick, sv_gate = _halves(len(val), cap, seed + 101)
     t_pick, t_gate = _halves(len(x_pool), cap, seed + 103)
@@ -120,26 +154,37 @@ def pair_data(label: str, pc, cfg, source: Prepared, target: Prepared, seed: int
             f"da pair {label!r}: too few source validation ({len(val)}) or target ({len(x_pool)})"
             " examples to select and gate; raise da.val_fraction or use more data"
         )
+    t_train = np.setdiff1d(np.arange(len(x_pool)), t_gate)  # the gate scores unseen targets
+    if pc.protocol == "transductive":  # the oracle trains on half the labels, scored on the rest
+        perm = np.random.default_rng(seed + 107).permutation(t_train)
+        oracle_train = np.sort(perm[: len(perm) // 2])
+        oracle_scored = np.setdiff1d(np.arange(len(x_pool)), oracle_train)
+    else:
+        oracle_train, oracle_scored = t_train, None
     return PairData(
         label,
         s.x_train[tr],
         s.y_train[tr],
         s.x_train[val],
         s.y_train[val],
-        s.x_test[:n_st],
-        s.y_test[:n_st],
+        s.x_test[st],
+        s.y_test[st],
         x_pool,
         y_pool,
         x_te,
         y_te,
         (sv_pick, t_pick),
         (sv_gate, t_gate),
+        t_train,
+        oracle_train,
+        oracle_scored,
         pair.num_classes,
         pair.input_shape,
         pair.layout,
         pc.protocol,
         pc.steps or cfg.steps,
         {"classes": list(map(str, pair.classes)), "preprocessing": pair.preprocessing},
+        pair.target_stats,
     )
 
 
@@ -161,14 +206,49 @@ def build_featurizer(cfg, params, input_shape: tuple[int, ...]) -> torch.nn.Modu
     if name in params.transfer.backbones:
         if len(input_shape) != 3:
             raise DataError(f"da.featurizer {name} (timm) needs images, not {input_shape}")
-        from adaptflow.stages.source import new_backbone
+        if cfg.init == "source":
+            net = source_backbone(params, name)
+        else:
+            from adaptflow.stages.source import new_backbone
 
-        net = new_backbone(params.transfer.backbones[name], 0, in_chans=input_shape[0])
+            net = new_backbone(params.transfer.backbones[name], 0, in_chans=input_shape[0])
         return featurizers.TimmFeaturizer(net)
     raise DataError(
         f"da.featurizer {name!r}: use auto, lenet, mlp or a transfer.backbones label "
         f"({', '.join(params.transfer.backbones)})"
     )
+
+
+def source_model_uri(params, label: str) -> tuple[str, str]:
+    """(version, URI) of the `source` stage's champion for backbone `label`; a clear error when
+    there is none."""
+    from adaptflow.tracking.models import registered_champions
+
+    name = params.model_name("source")
+    found = registered_champions(name)
+    if label not in found:
+        raise DataError(
+            f"da.init: source needs {name}@champion-{label}, which is not registered: run the "
+            "source stage first (`adaptflow run --stage source`) or set da.init: random"
+        )
+    return found[label]
+
+
+def source_backbone(params, label: str) -> torch.nn.Module:
+    from adaptflow.tracking.models import load_torch_model
+
+    _, uri = source_model_uri(params, label)
+    net = copy.deepcopy(load_torch_model(uri, f"source model of backbone {label!r}"))
+    net.reset_classifier(0)
+    return net.train()
+
+
+def fingerprint(params) -> dict[str, str]:
+    """The source model a timm featurizer starts from (init: source) enters the cache key."""
+    cfg = params.da
+    if cfg.init != "source":
+        return {}
+    return {"source_model": source_model_uri(params, cfg.featurizer)[1]}
 
 
 def new_method(name: str, cfg, params, pd: PairData, point: dict):
@@ -180,7 +260,10 @@ def new_method(name: str, cfg, params, pd: PairData, point: dict):
     total = steps_per_checkpoint(cfg, pd) * cfg.checkpoints
     extra = {}
     if "steps_per_epoch" in inspect.signature(cls.__init__).parameters:  # self_training
-        extra["steps_per_epoch"] = math.ceil(len(pd.x_s) / cfg.batch_size)  # a source epoch
+        # its teacher refreshes every source epoch, or every checkpoint interval when shorter
+        # (else a short run would never refresh it)
+        epoch = math.ceil(len(pd.x_s) / cfg.batch_size)
+        extra["steps_per_epoch"] = min(epoch, steps_per_checkpoint(cfg, pd))
     return cls(featurizer, pd.n_classes, config, total_steps=total, **extra)
 
 
@@ -214,6 +297,8 @@ def unsupervised_scores(
 
     f_s, logits_s = embed(method, x_sv, device)
     f_t, logits_t = embed(method, x_t, device)
+    if not (np.isfinite(logits_s).all() and np.isfinite(logits_t).all()):  # a diverged model
+        return dict.fromkeys(("dev", "iwcv", "snd", "entropy", "source_val"), math.nan)
     logp_s = torch.log_softmax(torch.from_numpy(logits_s), 1)
     losses_s = (-logp_s[torch.arange(len(y_sv)), torch.from_numpy(y_sv)]).numpy()
     probs_t = torch.softmax(torch.from_numpy(logits_t), 1).numpy()
@@ -242,10 +327,17 @@ def train_and_select(
     name: str, cfg, params, pd: PairData, seed: int, device, progress=False, on_checkpoint=None
 ) -> tuple[object, Candidate, list[Candidate], float]:
     """Train `name` at every grid point; return (chosen model, chosen candidate, every
-    candidate, training seconds). The choice reads `unsupervised_scores` only."""
+    candidate, training seconds). The choice reads `unsupervised_scores` only (a non-finite
+    score never wins); target_oracle keeps its last checkpoint (no selection: it is the ceiling,
+    and a source-side criterion means nothing for a model trained on the target). A grid point
+    whose training diverges is dropped with a warning."""
     from adaptflow.evaluation.da_scores import oriented
-    from adaptflow.training import Trainer
+    from adaptflow.training import NonFiniteLossError, Trainer
     from adaptflow.training.loaders import PairedLoader
+
+    def value(c: Candidate) -> float:
+        v = oriented(cfg.selection, c.scores[cfg.selection])
+        return v if math.isfinite(v) else -math.inf
 
     per = steps_per_checkpoint(cfg, pd)
     sv_idx, t_idx = pd.pick
@@ -256,21 +348,22 @@ def train_and_select(
     for point in grid_points(cfg.grid.get(name, {})):
         seed_everything(seed)
         method = new_method(name, cfg, params, pd, point)
-        y_t = pd.y_pool if method.uses_target_labels else None
+        oracle = method.uses_target_labels
+        fit = pd.oracle_train if oracle else pd.t_train
+        y_t = pd.y_pool[fit] if oracle else None
+        x_sc, y_sc = pd.scored(oracle)
         loader = PairedLoader(
-            pd.x_s, pd.y_s, pd.x_t, cfg.batch_size, seed, y_t=y_t, steps_per_epoch=per
+            pd.x_s, pd.y_s, pd.x_t[fit], cfg.batch_size, seed, y_t=y_t, steps_per_epoch=per
         )
         opt = torch.optim.Adam(method.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-        def checkpoint(epoch: int, metrics: dict, method=method, point=point) -> None:
+        def checkpoint(
+            epoch: int, metrics: dict, method=method, point=point, oracle=oracle, sc=(x_sc, y_sc)
+        ) -> None:
             nonlocal best
             scores = unsupervised_scores(method, x_sv, y_sv, x_tsel, device, seed)
-            cand = Candidate(
-                dict(point), epoch * per, scores, accuracy(method, pd.x_te, pd.y_te, device)
-            )
-            if best is None or oriented(cfg.selection, scores[cfg.selection]) > oriented(
-                cfg.selection, best.scores[cfg.selection]
-            ):
+            cand = Candidate(dict(point), epoch * per, scores, accuracy(method, *sc, device))
+            if best is None or oracle or value(cand) > value(best):
                 cand.state = copy.deepcopy(method.state_dict())
                 if best is not None:
                     best.state = None
@@ -291,22 +384,32 @@ def train_and_select(
             desc=f"da/{pd.label}/{name}-s{seed}",
             restore_best=False,
         )
-        history = trainer.fit(method, loader, optimizers=[opt])
+        try:
+            history = trainer.fit(method, loader, optimizers=[opt])
+        except NonFiniteLossError as e:
+            log.warning("da %s/%s seed %d %s diverged, dropped: %s", pd.label, name, seed, point, e)
+            continue
         seconds += history.train_seconds
-    assert best is not None and best.state is not None
+    if best is None:
+        raise NonFiniteLossError(
+            f"da pair {pd.label!r}, method {name}, seed {seed}: every grid point diverged; lower "
+            "da.lr or the method's weight"
+        )
     model = new_method(name, cfg, params, pd, best.point)
     model.load_state_dict(best.state)
     best.state = None
     return model.to(device).eval(), best, candidates, seconds
 
 
-def to_network(method) -> torch.nn.Module:
-    """What gets logged and served: featurizer + classifier (no domain head, no teacher)."""
-    return (
-        torch.nn.Sequential(copy.deepcopy(method.featurizer), copy.deepcopy(method.classifier))
-        .cpu()
-        .eval()
-    )
+def to_network(method, pd: PairData) -> torch.nn.Module:
+    """What gets logged and served: featurizer + classifier (no domain head, no teacher), after
+    the z-scoring the pair applied to target inputs, so it takes raw target examples."""
+    from adaptflow.models.featurizers import Standardize
+
+    layers = [copy.deepcopy(method.featurizer), copy.deepcopy(method.classifier)]
+    if pd.target_stats is not None:
+        layers.insert(0, Standardize(*pd.target_stats))
+    return torch.nn.Sequential(*layers).cpu().eval()
 
 
 def gap_metrics(method, pd: PairData, device, seed: int) -> dict[str, float]:
@@ -334,13 +437,16 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     extras: dict[str, dict] = {}
     protocol = selection_protocol(cfg.selection)
     runs.set_tags({"adaptflow.selection_protocol": protocol})
-    for label, pc in cfg.pairs.items():
+    pairs: dict[str, PairData] = {}
+    for label, pc in cfg.pairs.items():  # every pair checked (classes, shapes) before training
         missing = [n for n in (pc.source, pc.target) if n not in data]
         if missing:
             skipped[label] = "; ".join(data_skip_reason(params, n) for n in missing)
             runs.set_tags({f"adaptflow.da.skipped.{label}": skipped[label][:500]})
             continue
-        pd = pair_data(label, pc, cfg, data[pc.source], data[pc.target], params.seed)
+        pairs[label] = pair_data(label, pc, cfg, data[pc.source], data[pc.target], params.seed)
+    for label, pd in pairs.items():
+        pc = cfg.pairs[label]
         runs.set_tags(
             {
                 f"adaptflow.da.{label}.protocol": pc.protocol,
@@ -356,14 +462,15 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                 records.append(rec)
                 if seed == cfg.seeds[0]:
                     models[(name, seed)] = model
-        extras[label] = {"inputs": inputs, "pd": pd}
+        extras[label] = {"inputs": inputs, "pair": pd.summary()}
+        da_report.log_runs(records)  # what is done so far survives a crash in a later pair
         reg = register_choice(label, records, cfg, models, pd, ctx.device, params.seed)
         if reg is not None:
             outcome.metrics[f"da/{label}/gate_score"] = reg["gate_score"]
             with runs.run(f"da/{label}-registered", tags={"adaptflow.pair": label}):
                 runs.set_tags({"adaptflow.registered_method": reg["method"]})
                 runs.log_metrics({f"da/gate_{cfg.selection}": reg["gate_raw"]})
-                uri = log_torch_model(to_network(reg["model"]), pd.x_sv[:4])
+                uri = log_torch_model(to_network(reg["model"], pd), pd.x_t[:4])
             outcome.models[label] = LabelledModel(
                 uri,
                 {
@@ -372,8 +479,9 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                     "val_split": split_fingerprint(pd.gate[0])
                     + "+"
                     + split_fingerprint(pd.gate[1]),
-                    "model": f"{cfg.featurizer}:{cfg.feature_dim}",
-                    "selection": cfg.selection,
+                    "model": f"{cfg.featurizer}:{cfg.feature_dim}:{cfg.init}",
+                    "selection": f"{cfg.selection}:{cfg.select_points}",
+                    "pair": json.dumps(pc.model_dump(mode="json"), sort_keys=True),
                 },
                 tags={"method": reg["method"]},
             )
@@ -387,7 +495,6 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
 
 
 def data_skip_reason(params, name: str) -> str:
-    import json
     from pathlib import Path
 
     manifest = Path(params.data.prepared_dir) / f"{name}.json"
@@ -433,8 +540,9 @@ def one_run(name, cfg, params, pd: PairData, seed: int, ctx, protocol: str) -> t
         model, chosen, cands, train_s = train_and_select(
             name, cfg, params, pd, seed, ctx.device, ctx.progress, on_checkpoint
         )
-        target_acc = accuracy(model, pd.x_te, pd.y_te, ctx.device)
-        logits = embed(model, pd.x_te, ctx.device)[1]
+        x_sc, y_sc = pd.scored(model.uses_target_labels)
+        target_acc = accuracy(model, x_sc, y_sc, ctx.device)
+        logits = embed(model, x_sc, ctx.device)[1]
         gap = gap_metrics(model, pd, ctx.device, seed)
         rec = {
             "pair": pd.label,
@@ -444,6 +552,7 @@ def one_run(name, cfg, params, pd: PairData, seed: int, ctx, protocol: str) -> t
             "oracle_selected_acc": max(c.target_acc for c in cands),
             "last_acc": cands[-1].target_acc,
             "source_test_acc": accuracy(model, pd.x_st, pd.y_st, ctx.device),
+            "steps": steps_per_checkpoint(cfg, pd) * cfg.checkpoints,
             "chosen_step": chosen.step,
             "chosen_point": str(chosen.point),
             "candidates": len(cands),
@@ -474,7 +583,7 @@ def one_run(name, cfg, params, pd: PairData, seed: int, ctx, protocol: str) -> t
             "candidates.csv",
         )
         runs.log_figure(
-            plots.confusion(pd.y_te, logits.argmax(1), pd.meta["classes"], f"{pd.label} {name}"),
+            plots.confusion(y_sc, logits.argmax(1), pd.meta["classes"], f"{pd.label} {name}"),
             "confusion.png",
         )
     return rec, model
@@ -492,7 +601,9 @@ def register_choice(label, records, cfg, models, pd: PairData, device, seed: int
         if name == ORACLE:
             continue
         vals = [r[key] for r in records if r["pair"] == label and r["method"] == name]
-        means[name] = float(np.mean([oriented(cfg.selection, v) for v in vals]))
+        mean = float(np.mean([oriented(cfg.selection, v) for v in vals]))
+        if math.isfinite(mean):  # a method with a non-finite score on any seed cannot win
+            means[name] = mean
     if not means:
         return None
     method = max(means, key=lambda m: (means[m], -cfg.methods.index(m)))
@@ -549,5 +660,7 @@ STAGE = STAGES.register("da")(
         label_kind="pair",
         gate=Gate("da/{label}/gate_score", higher_is_better=True),
         shared_params=("transfer.backbones",),
+        fingerprint=fingerprint,
+        optional_inputs=True,
     )
 )

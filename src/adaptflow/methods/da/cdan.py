@@ -19,7 +19,7 @@ from adaptflow.methods.da.dann import DANN, DANNConfig, domain_head
 class CDANConfig(DANNConfig):
     entropy: bool = Field(True, description="CDAN+E: weight examples by 1 + exp(−H(p))")
     max_dim: int = Field(
-        1024, ge=1, description="above this d·K, the randomized multilinear map of width max_dim"
+        4096, ge=1, description="above this d·K, the randomized multilinear map of width max_dim"
     )
 
 
