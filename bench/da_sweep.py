@@ -12,25 +12,14 @@ Runs are logged to MLflow (experiment `adaptflow-bench`); models register as
 
 from __future__ import annotations
 
-import argparse
-import logging
 import time
 from pathlib import Path
 
-from adaptflow.env import configure_env
-from bench.pretrain_sweep import bench_params
+from bench.pretrain_sweep import bench_args, bench_params
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], help="KEY=VALUE param override"
-    )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default="bench", help="params profile (default: bench)")
-    args = parser.parse_args(argv)
-    configure_env(".")
-    logging.basicConfig(level=logging.WARNING)
+    args = bench_args(__doc__, argv, profile="bench")
 
     import mlflow
     from rich.console import Console

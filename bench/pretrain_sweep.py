@@ -27,15 +27,23 @@ def bench_params(path: str, overrides: list[str]):
     return load_params(path, [*overrides, f"experiment={BENCH}", f"registry_prefix={BENCH}"])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_args(doc: str, argv: list[str] | None, profile: str | None = None):
+    """The benchmarks' command line (--set, --params[, --profile]); sets up the environment."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="KEY=VALUE param override"
     )
     parser.add_argument("--params", default="params.yaml")
+    if profile is not None:
+        parser.add_argument("--profile", default=profile, help=f"params profile ({profile})")
     args = parser.parse_args(argv)
     configure_env(".")
     logging.basicConfig(level=logging.WARNING)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = bench_args(__doc__, argv)
 
     from rich.console import Console
     from rich.markdown import Markdown
