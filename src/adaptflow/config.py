@@ -518,7 +518,12 @@ class DAPairConfig(Frozen):
     """A labelled source domain and an unlabelled target domain (two data sources), one task."""
 
     source: str = Field(min_length=1, description="a data source name (labelled)")
-    target: str = Field(min_length=1, description="a data source name (labels: evaluation only)")
+    target: str = Field(
+        min_length=1,
+        description="a data source name; its labels score the models and check the class set "
+        "(and stratify its train/test split when the file has none): they never train (but "
+        "target_oracle) or select",
+    )
     side: int | None = Field(
         None, ge=8, le=256, description="common image side (None: the larger); vectors: unused"
     )

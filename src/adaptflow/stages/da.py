@@ -305,7 +305,9 @@ def unsupervised_scores(
     w_raw = da_scores.importance_weights(f_s, f_t, seed, normalise=False)
     w = w_raw / max(float(w_raw.mean()), 1e-12)  # IWCV: self-normalised weights
     return {
-        "dev": da_scores.dev(losses_s, w_raw),  # its control variate needs E[w] = 1 unforced
+        # DEV's control variate needs E[w] = 1 unforced; the raw ratios are clipped at 10
+        # (variance), so when clipping bites E[w] < 1 and DEV inherits that bias
+        "dev": da_scores.dev(losses_s, w_raw),
         "iwcv": da_scores.iwcv(losses_s, w),
         "snd": da_scores.snd(probs_t),
         "entropy": da_scores.prediction_entropy(probs_t),
