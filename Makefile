@@ -65,8 +65,8 @@ bench-transfer: data ## source -> features -> finetune, the full sweep (profile 
 	$(BIN)/python -m bench.transfer_sweep $(foreach s,$(SET),--set $(s))
 
 .PHONY: bench-da
-bench-da: data ## every DA method x pair x 3 seeds (profile bench), table beside the peer numbers
-	$(BIN)/python -m bench.da_sweep $(foreach s,$(SET),--set $(s))
+bench-da: data ## every DA method x pair x 3 seeds (profile bench), table beside the peer numbers (PAIRS=a,b: some)
+	$(BIN)/python -m bench.da_sweep $(foreach s,$(SET),--set $(s)) $(if $(PAIRS),--pairs $(PAIRS),)
 
 .PHONY: bench-pretrain
 bench-pretrain: data ## greedy vs random init over label fractions x seeds (default profile), printed table

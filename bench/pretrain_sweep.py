@@ -27,8 +27,9 @@ def bench_params(path: str, overrides: list[str]):
     return load_params(path, [*overrides, f"experiment={BENCH}", f"registry_prefix={BENCH}"])
 
 
-def bench_args(doc: str, argv: list[str] | None, profile: str | None = None):
-    """The benchmarks' command line (--set, --params[, --profile]); sets up the environment."""
+def bench_args(doc: str, argv: list[str] | None, profile: str | None = None, extra=None):
+    """The benchmarks' command line (--set, --params[, --profile], what `extra(parser)` adds);
+    sets up the environment."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="KEY=VALUE param override"
@@ -36,6 +37,8 @@ def bench_args(doc: str, argv: list[str] | None, profile: str | None = None):
     parser.add_argument("--params", default="params.yaml")
     if profile is not None:
         parser.add_argument("--profile", default=profile, help=f"params profile ({profile})")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     configure_env(".")
     logging.basicConfig(level=logging.WARNING)

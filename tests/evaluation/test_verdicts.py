@@ -10,6 +10,7 @@ from adaptflow.evaluation.verdicts import (
     HOLDS,
     NOISE,
     all_of,
+    holm,
     paired_verdict,
 )
 
@@ -74,3 +75,33 @@ def test_bad_inputs_are_rejected():
         paired_verdict([1, 2], [1, 2, 3])
     with pytest.raises(ValueError, match="margin"):
         paired_verdict([1, 2], [1, 2], margin=-1)
+
+
+def test_p_value_agrees_with_the_interval_rule():
+    # the CI rule "holds" is the one-sided t-test at 2.5 %: same t statistic, same decision
+    for a, b in [
+        ([0.80, 0.82, 0.81], [0.70, 0.71, 0.69]),
+        ([0.80, 0.72, 0.76], [0.70, 0.70, 0.70]),
+        ([0.71, 0.69, 0.72, 0.70], [0.70, 0.70, 0.70, 0.70]),
+    ]:
+        r = paired_verdict(a, b)
+        assert (r.p_value < 0.025) == (r.verdict == HOLDS)
+    # hand value: gains 0.06, 0.02, 0.10 -> t = 0.06 / 0.02309 = 2.598, df 2 -> p = 0.0608
+    assert paired_verdict([0.76, 0.72, 0.80], [0.70, 0.70, 0.70]).p_value == pytest.approx(
+        0.0608, abs=5e-4
+    )
+    assert math.isnan(paired_verdict([0.9], [0.1]).p_value)
+
+
+def test_holm_keeps_strong_claims_and_demotes_marginal_ones():
+    strong = paired_verdict([0.90, 0.91, 0.92], [0.50, 0.50, 0.51])  # p ~ 1e-4
+    # gains 0.030, 0.036, 0.024: t = 8.66, p = 0.0065 < 0.025 holds alone, but not beside
+    # five other claims (0.0065 > 0.025 / 5 at the second step)
+    marginal = paired_verdict([0.730, 0.736, 0.724], [0.70, 0.70, 0.70])
+    fails = paired_verdict([0.50, 0.51, 0.52], [0.90, 0.91, 0.92])
+    few = paired_verdict([0.9], [0.1])
+    assert marginal.verdict == HOLDS and marginal.p_value == pytest.approx(0.0065, abs=1e-4)
+    assert holm([strong, marginal, fails]) == [HOLDS, HOLDS, FAILS]  # 0.0065 <= 0.025 / 2
+    out = holm([strong, marginal, fails, few, fails, fails, fails])
+    assert out == [HOLDS, NOISE, FAILS, FEW_SEEDS, FAILS, FAILS, FAILS]
+    assert holm([]) == []

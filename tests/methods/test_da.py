@@ -65,21 +65,24 @@ def test_alignment_terms_see_the_domain_gap(name):
     assert shifted.item() > 2 * same.item()
 
 
-def test_dann_domain_classifier_separates_the_domains_before_reversal():
-    """A single-logit softmax (a peer's bug) has zero loss and learns nothing: ours must start
-    near log 2 and drive the domain accuracy to ~1 on separable domains."""
-    method = make("dann", (10,), schedule=False)
+@pytest.mark.parametrize("name", ["dann", "cdan"])
+def test_domain_classifier_separates_the_domains_before_reversal(name):
+    """A single-logit softmax (a peer's bug) has zero loss and learns nothing: ours (one logit,
+    sigmoid) must start near log 2 and drive the domain accuracy to ~1 on separable domains."""
+    method = make(name, (10,), schedule=False)
     head = torch.optim.Adam(method.domain.parameters(), lr=1e-2)  # only the domain head learns
     g = torch.Generator().manual_seed(1)
     f_s = torch.randn(64, 16, generator=g)
     f_t = torch.randn(64, 16, generator=g) + 1.5
+    logits_s, logits_t = torch.randn(64, 3, generator=g), torch.randn(64, 3, generator=g)
     first = None
     for _ in range(200):
-        out = method.adaptation_loss(f_s, f_t, None, None)
+        out = method.adaptation_loss(f_s, f_t, logits_s, logits_t)
         first = first if first is not None else out["align"].item()
         head.zero_grad()
         out["align"].backward()
         head.step()
+    assert method.domain[-1].out_features == 1
     assert 0.4 < first < 1.2  # ~log 2 for an untrained classifier
     assert out["align"].item() < 0.3 * first and out["domain_acc"].item() > 0.9
 

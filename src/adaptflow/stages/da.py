@@ -42,6 +42,7 @@ from adaptflow.stages.base import (
 from adaptflow.training import seed_everything
 
 BASELINE, ORACLE = "source_only", "target_oracle"
+GAP_POINTS = 500  # per domain for PAD and MMD² of a run's features (their O(n²) cost is per run)
 log = logging.getLogger(__name__)
 
 
@@ -414,15 +415,13 @@ def to_network(method, pd: PairData) -> torch.nn.Module:
     return torch.nn.Sequential(*layers).cpu().eval()
 
 
-def gap_metrics(method, pd: PairData, device, seed: int) -> dict[str, float]:
-    """Proxy A-distance and MMD between source-test and scored-target features of `method`."""
+def gap_metrics(f_s: np.ndarray, f_t: np.ndarray, seed: int) -> dict[str, float]:
+    """Proxy A-distance and MMD² between source-test and scored-target features."""
     from adaptflow.evaluation import da_scores
 
-    f_s, _ = embed(method, pd.x_st, device)
-    f_t, _ = embed(method, pd.x_te, device)
     return {
-        "pad": da_scores.proxy_a_distance(f_s, f_t, seed),
-        "mmd": da_scores.feature_mmd(f_s, f_t, seed),
+        "pad": da_scores.proxy_a_distance(f_s, f_t, seed, max_points=GAP_POINTS),
+        "mmd": da_scores.feature_mmd(f_s, f_t, seed, max_points=GAP_POINTS),
     }
 
 
@@ -511,7 +510,7 @@ def input_gap(pd: PairData, seed: int) -> dict[str, float]:
     from adaptflow.evaluation import da_scores
 
     flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
-    return {"pad": da_scores.proxy_a_distance(flat(pd.x_st), flat(pd.x_te), seed)}
+    return {"pad": da_scores.proxy_a_distance(flat(pd.x_st), flat(pd.x_te), seed, GAP_POINTS)}
 
 
 def one_run(name, cfg, params, pd: PairData, seed: int, ctx, protocol: str) -> tuple[dict, object]:
@@ -543,17 +542,17 @@ def one_run(name, cfg, params, pd: PairData, seed: int, ctx, protocol: str) -> t
             name, cfg, params, pd, seed, ctx.device, ctx.progress, on_checkpoint
         )
         x_sc, y_sc = pd.scored(model.uses_target_labels)
-        target_acc = accuracy(model, x_sc, y_sc, ctx.device)
-        logits = embed(model, x_sc, ctx.device)[1]
-        gap = gap_metrics(model, pd, ctx.device, seed)
+        f_t, logits = embed(model, x_sc, ctx.device)
+        f_s, logits_s = embed(model, pd.x_st, ctx.device)
+        gap = gap_metrics(f_s, f_t, seed)
         rec = {
             "pair": pd.label,
             "method": name,
             "seed": seed,
-            "target_acc": target_acc,
+            "target_acc": float((logits.argmax(1) == y_sc).mean()),
             "oracle_selected_acc": max(c.target_acc for c in cands),
             "last_acc": cands[-1].target_acc,
-            "source_test_acc": accuracy(model, pd.x_st, pd.y_st, ctx.device),
+            "source_test_acc": float((logits_s.argmax(1) == pd.y_st).mean()),
             "steps": steps_per_checkpoint(cfg, pd) * cfg.checkpoints,
             "chosen_step": chosen.step,
             "chosen_point": str(chosen.point),
@@ -622,27 +621,29 @@ def register_choice(label, records, cfg, models, pd: PairData, device, seed: int
 
 
 def tsne(pd: PairData, models, reg, cfg, device, seed: int) -> None:
-    """t-SNE of source-test vs target features: source_only (before) and the registered method
-    (after adaptation), first seed."""
+    """t-SNE of source-test vs target features (seeded samples of `tsne_points` each: files are
+    often sorted by class): source_only (before) and the registered method (after
+    adaptation), first seed; one panel when source_only is the registered method."""
     from adaptflow.tracking import plots, runs
 
     if cfg.tsne_points == 0 or reg is None:
         return
     from sklearn.manifold import TSNE
 
-    n = cfg.tsne_points
+    x_s = pd.x_st[_first(len(pd.x_st), cfg.tsne_points, seed + 19)]
+    x_t = pd.x_te[_first(len(pd.x_te), cfg.tsne_points, seed + 23)]
     panels, domains = {}, None
-    for title, name in (
-        ("before: source_only", BASELINE),
-        (f"after: {reg['method']}", reg["method"]),
-    ):
-        if (name, cfg.seeds[0]) not in models or title in panels:
+    shown = [("before: source_only", BASELINE)]
+    if reg["method"] != BASELINE:
+        shown.append((f"after: {reg['method']}", reg["method"]))
+    for title, name in shown:
+        if (name, cfg.seeds[0]) not in models:
             continue
-        f_s, _ = embed(models[(name, cfg.seeds[0])], pd.x_st[:n], device)
-        f_t, _ = embed(models[(name, cfg.seeds[0])], pd.x_te[:n], device)
+        f_s, _ = embed(models[(name, cfg.seeds[0])], x_s, device)
+        f_t, _ = embed(models[(name, cfg.seeds[0])], x_t, device)
         f = np.concatenate([f_s, f_t])
-        panels[title] = TSNE(
-            2, init="pca", random_state=seed, perplexity=min(30, len(f) - 1)
+        panels[title] = TSNE(  # 500 iterations: the layout has settled (250 exaggerated)
+            2, init="pca", random_state=seed, perplexity=min(30, len(f) - 1), max_iter=500
         ).fit_transform(f)
         domains = np.r_[np.zeros(len(f_s)), np.ones(len(f_t))]
     if panels:

@@ -1,0 +1,130 @@
+"""The da report's verdicts, from hand-made per-seed records: each claim can fail, a collapsed
+representation is not a narrowed gap, and Holm's correction demotes marginal claims."""
+
+import pandas as pd
+import pytest
+
+from adaptflow.evaluation.verdicts import FAILS, FEW_SEEDS, HOLDS, NOISE
+from adaptflow.stages import da_report
+
+
+def records(rows: dict[str, list[tuple]], pair: str = "p") -> pd.DataFrame:
+    """rows: method -> per seed (target_acc, pad, mmd, source_test_acc)."""
+    out = []
+    for method, per_seed in rows.items():
+        for seed, (acc, pad, mmd, src) in enumerate(per_seed):
+            out.append(
+                dict(
+                    pair=pair,
+                    method=method,
+                    seed=seed,
+                    target_acc=acc,
+                    pad=pad,
+                    mmd=mmd,
+                    source_test_acc=src,
+                )
+            )
+    return pd.DataFrame(out)
+
+
+BASE = [(0.70, 1.8, 0.30, 0.98), (0.72, 1.7, 0.32, 0.97), (0.69, 1.8, 0.31, 0.98)]
+
+
+def verdicts(df, methods):
+    return {c: r.verdict for c, _, r in da_report.claims(df, "p", methods)}
+
+
+def test_adaptation_that_helps_holds_and_one_that_hurts_fails():
+    good = [(0.90, 1.2, 0.10, 0.98), (0.91, 1.1, 0.11, 0.97), (0.92, 1.2, 0.09, 0.98)]
+    bad = [(0.60, 1.9, 0.40, 0.98), (0.61, 1.9, 0.41, 0.97), (0.59, 1.95, 0.42, 0.98)]
+    v = verdicts(
+        records({"source_only": BASE, "mcc": good, "dann": bad}), ["source_only", "mcc", "dann"]
+    )
+    assert v["p: mcc beats source-only (target acc)"] == HOLDS
+    assert v["p: mcc narrows the gap (proxy A-distance)"] == HOLDS
+    assert v["p: mcc narrows the gap (MMD²)"] == HOLDS
+    assert v["p: dann beats source-only (target acc)"] == FAILS
+    assert v["p: dann narrows the gap (MMD²)"] == FAILS
+
+
+def test_collapsed_features_do_not_narrow_the_gap():
+    # MMD and PAD fall because one seed's features carry nothing (source accuracy at chance):
+    # that is not adaptation
+    collapsed = [(0.72, 0.1, 0.001, 0.98), (0.11, 0.0, 0.0, 0.10), (0.71, 0.2, 0.002, 0.97)]
+    df = records({"source_only": BASE, "coral": collapsed})
+    out = {c: (m, r.verdict) for c, m, r in da_report.claims(df, "p", ["source_only", "coral"])}
+    measured, verdict = out["p: coral narrows the gap (proxy A-distance)"]
+    assert verdict == FAILS and "seeds [1]" in measured
+    assert out["p: coral narrows the gap (MMD²)"][1] == FAILS
+    # the same gap numbers with the source task kept: holds
+    kept = [(a, p, m, 0.97) for a, p, m, _ in collapsed]
+    df = records({"source_only": BASE, "coral": kept})
+    assert verdicts(df, ["source_only", "coral"])["p: coral narrows the gap (MMD²)"] == HOLDS
+
+
+def test_mmd_is_not_judged_on_its_own_loss_and_one_seed_is_not_enough():
+    df = records({"source_only": BASE[:1], "mmd": [(0.9, 1.0, 0.01, 0.98)]})
+    v = verdicts(df, ["source_only", "mmd"])
+    assert "p: mmd narrows the gap (MMD²)" not in v
+    assert v["p: mmd beats source-only (target acc)"] == FEW_SEEDS
+    assert v["p: mmd narrows the gap (proxy A-distance)"] == FEW_SEEDS
+
+
+def test_without_source_only_there_is_no_verdict():
+    df = records({"mcc": BASE})
+    [(claim, measured, r)] = da_report.claims(df, "p", ["mcc"])
+    assert r.verdict == FEW_SEEDS and "source_only not run" in measured
+
+
+def test_publish_counts_holm_corrected_claims(monkeypatch):
+    logged = {}
+    monkeypatch.setattr(
+        "adaptflow.tracking.runs.log_text", lambda text, name: logged.__setitem__(name, text)
+    )
+
+    class Cfg:
+        selection, steps, checkpoints, batch_size, lr = "dev", 10, 2, 8, 1e-3
+        seeds, grid = [0, 1, 2], {}
+        methods = ["source_only"] + [f"m{i}" for i in range(6)]
+        pairs = {"p": type("PC", (), {"source": "a", "target": "b", "reference": None})()}
+
+    # m0: a large consistent gain; m1..m5: a gain that holds alone (p ~ 0.0065) but not
+    # after Holm over ~17 tests
+    rows = {
+        "source_only": BASE,
+        "m0": [(0.95, 1.8, 0.3, 0.98), (0.96, 1.7, 0.32, 0.97), (0.95, 1.8, 0.31, 0.98)],
+    }
+    for i in range(1, 6):
+        rows[f"m{i}"] = [
+            (a + g, p, m, s) for (a, p, m, s), g in zip(BASE, (0.030, 0.036, 0.024), strict=True)
+        ]
+    df = records(rows)
+    extras = {
+        "p": {
+            "inputs": {"pad": 1.9},
+            "pair": {
+                "protocol": "split",
+                "steps": 10,
+                "n_source": 1,
+                "n_target": 1,
+                "n_target_train": 1,
+                "n_scored": 1,
+                "input_shape": (1, 8, 8),
+                "preprocessing": {},
+            },
+        }
+    }
+    recs = [
+        r
+        | {
+            "oracle_selected_acc": r["target_acc"],
+            "last_acc": r["target_acc"],
+            "train_seconds": 1.0,
+        }
+        for r in df.to_dict("records")
+    ]
+    summary = da_report.publish(recs, Cfg, {}, extras)
+    assert summary["da/claims_holding"] == 6  # every method's accuracy claim alone
+    assert summary["da/claims_holding_holm"] == 1  # only m0's survives the correction
+    assert f"{HOLDS} (Holm: {NOISE})" in logged["da/report.md"]
+    assert summary["da/claims"] == pytest.approx(6 + 6 * 2)

@@ -1,0 +1,61 @@
+"""Curves are written in batches but never lost: every stepped value is in the store once its
+run ends, normally or by an exception."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from adaptflow.tracking import runs
+from adaptflow.tracking.store import configure
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    configure(".", "curves")
+
+
+def history(run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key))
+
+
+def test_stepped_metrics_are_batched_and_flushed_when_the_run_ends(store, monkeypatch):
+    monkeypatch.setattr(runs, "FLUSH_SECONDS", 3600.0)  # nothing flushes on time in this test
+    with runs.run("curve") as active:
+        rid = active.info.run_id
+        for step in range(1, 6):
+            runs.log_metrics({"loss": 1.0 / step, "acc": step / 10}, step=step)
+        assert history(rid, "loss") == [(1, 1.0)]  # the first value goes out at once
+        runs.log_metrics({"final": 0.5})  # unstepped: written at once
+        assert mlflow.get_run(rid).data.metrics["final"] == 0.5
+    assert history(rid, "loss") == [(s, 1.0 / s) for s in range(1, 6)]
+    assert history(rid, "acc") == [(s, s / 10) for s in range(1, 6)]
+
+
+def test_a_failed_run_keeps_its_curve_up_to_the_failure(store, monkeypatch):
+    monkeypatch.setattr(runs, "FLUSH_SECONDS", 3600.0)
+    with pytest.raises(RuntimeError), runs.run("crash") as active:
+        rid = active.info.run_id
+        for step in range(1, 4):
+            runs.log_metrics({"loss": float(step)}, step=step)
+        raise RuntimeError("diverged")
+    assert history(rid, "loss") == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert mlflow.get_run(rid).info.status == "FAILED"
+
+
+def test_nested_runs_keep_their_own_curves(store, monkeypatch):
+    monkeypatch.setattr(runs, "FLUSH_SECONDS", 3600.0)
+    with runs.run("parent") as parent:
+        for step in (1, 2):
+            runs.log_metrics({"loss": float(step)}, step=step)
+            with runs.run(f"child{step}") as child:
+                runs.log_metrics({"loss": 10.0 + step}, step=step)
+                runs.log_metrics({"loss": 20.0 + step}, step=step + 1)
+            assert history(child.info.run_id, "loss") == [
+                (step, 10.0 + step),
+                (step + 1, 20.0 + step),
+            ]
+    assert history(parent.info.run_id, "loss") == [(1, 1.0), (2, 2.0)]
