@@ -76,8 +76,15 @@ def test_da_stage_runs_registers_per_pair_and_skips_absent_data(project, harness
         assert r.data.tags["adaptflow.pair"] == "syn2mnist"
         assert r.data.tags["adaptflow.uses_target_labels"] == str(method == "target_oracle").lower()
         assert "target labels select nothing" in r.data.tags["adaptflow.selection_protocol"]
-        for key in ("da/target_acc", "da/source_test_acc", "da/pad", "da/mmd", "da/pick_dev"):
+        for key in ("da/target_acc", "da/source_test_acc", "da/pad", "da/mmd", "da/chosen_dev"):
             assert np.isfinite(r.data.metrics[key])
+        # the summary's chosen score is the chosen candidate's point of the pick curve, whose
+        # steps run grid point after grid point (mcc has a 2-point grid in smoke)
+        curve = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "da/pick_dev")}
+        n_points = len(cfg.grid.get(method, {}).get("weight", [None]))
+        assert len(curve) == cfg.checkpoints * n_points
+        if method != "target_oracle":  # the oracle keeps its last checkpoint, whatever its score
+            assert r.data.metrics["da/chosen_dev"] == pytest.approx(min(curve.values()))
     report = mlflow.artifacts.load_text(f"runs:/{out['artifact_run_id']}/da/report.md")
     assert "## mnist2usps: skipped" in report and "usps.h5" in report
     assert "| syn2mnist: dann beats source-only (target acc) |" in report

@@ -292,3 +292,23 @@ def test_target_oracle_solves_the_rotated_two_moons_source_only_fails():
     with torch.no_grad():
         acc = (method.predict(x_test).argmax(1).numpy() == y_t_test).mean()
     assert acc > 0.95
+
+
+def test_source_only_never_feeds_the_target_batch_to_the_network():
+    """With batch norm in the featurizer, a target batch in the forward pass would move its
+    statistics: the lower bound would be adapting. The update must not depend on x_t at all."""
+    g = torch.Generator().manual_seed(0)
+    x_s, y_s = torch.randn(8, 10, generator=g), torch.randint(0, 3, (8,), generator=g)
+    states = []
+    for shift in (0.0, 5.0):
+        method = make("source_only")
+        method.featurizer = torch.nn.Sequential(
+            torch.nn.Linear(10, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU()
+        )
+        method.featurizer.dim = 16
+        method.optimizers = [torch.optim.Adam(method.parameters(), lr=1e-2)]
+        x_t = torch.randn(8, 10, generator=torch.Generator().manual_seed(1)) + shift
+        method.update((x_s, y_s, x_t), StepContext(torch.device("cpu"), amp=False))
+        states.append({k: v.clone() for k, v in method.state_dict().items()})
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], msg=k)

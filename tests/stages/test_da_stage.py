@@ -154,7 +154,7 @@ def test_registered_method_is_chosen_by_the_criterion_never_the_oracle(setup):
         update={"methods": ["source_only", "mcc", "target_oracle"], "seeds": [0, 1]}
     )
     recs = [
-        {"pair": "toy", "method": m, "seed": s, "pick_dev": v}
+        {"pair": "toy", "method": m, "seed": s, "chosen_dev": v}
         for m, vals in {
             "source_only": [0.9, 0.8],
             "mcc": [0.5, 0.7],

@@ -59,3 +59,11 @@ def test_nested_runs_keep_their_own_curves(store, monkeypatch):
                 (step + 1, 20.0 + step),
             ]
     assert history(parent.info.run_id, "loss") == [(1, 1.0), (2, 2.0)]
+
+
+def test_with_a_zero_interval_every_value_is_written_at_once(store, monkeypatch):
+    monkeypatch.setattr(runs, "FLUSH_SECONDS", 0.0)
+    with runs.run("live") as active:
+        for step in range(1, 4):
+            runs.log_metrics({"loss": float(step)}, step=step)
+            assert history(active.info.run_id, "loss")[-1] == (step, float(step))

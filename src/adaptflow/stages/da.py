@@ -107,6 +107,7 @@ class PairData:
             "n_target": len(self.x_t),
             "n_target_train": len(self.t_train),
             "n_scored": len(self.x_te),
+            "n_classes": self.n_classes,
             "input_shape": self.input_shape,
             "preprocessing": self.meta["preprocessing"],
         }
@@ -324,6 +325,7 @@ class Candidate:
     scores: dict[str, float]  # on the pick half
     target_acc: float  # reported only (the oracle-selected column); never compared to select
     state: dict | None = None
+    curve_step: int = 0  # x of the logged curves: grid point after grid point
 
 
 def train_and_select(
@@ -348,7 +350,7 @@ def train_and_select(
     candidates: list[Candidate] = []
     best: Candidate | None = None
     seconds = 0.0
-    for point in grid_points(cfg.grid.get(name, {})):
+    for index, point in enumerate(grid_points(cfg.grid.get(name, {}))):
         seed_everything(seed)
         method = new_method(name, cfg, params, pd, point)
         oracle = method.uses_target_labels
@@ -361,11 +363,18 @@ def train_and_select(
         opt = torch.optim.Adam(method.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
         def checkpoint(
-            epoch: int, metrics: dict, method=method, point=point, oracle=oracle, sc=(x_sc, y_sc)
+            epoch: int,
+            metrics: dict,
+            method=method,
+            point=point,
+            oracle=oracle,
+            sc=(x_sc, y_sc),
+            index=index,
         ) -> None:
             nonlocal best
             scores = unsupervised_scores(method, x_sv, y_sv, x_tsel, device, seed)
             cand = Candidate(dict(point), epoch * per, scores, accuracy(method, *sc, device))
+            cand.curve_step = index * per * cfg.checkpoints + cand.step  # grid points in turn
             if best is None or oracle or value(cand) > value(best):
                 cand.state = copy.deepcopy(method.state_dict())
                 if best is not None:
@@ -480,7 +489,8 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                     "val_split": split_fingerprint(pd.gate[0])
                     + "+"
                     + split_fingerprint(pd.gate[1]),
-                    "model": f"{cfg.featurizer}:{cfg.feature_dim}:{cfg.init}",
+                    # the gate compares scores of one criterion only: it is part of the model
+                    "model": f"{cfg.featurizer}:{cfg.feature_dim}:{cfg.init}:{cfg.selection}",
                     "selection": f"{cfg.selection}:{cfg.select_points}",
                     "pair": json.dumps(pc.model_dump(mode="json"), sort_keys=True),
                 },
@@ -534,7 +544,7 @@ def one_run(name, cfg, params, pd: PairData, seed: int, ctx, protocol: str) -> t
                 {f"da/train_{k}": v for k, v in metrics.items()}
                 | {f"da/pick_{k}": v for k, v in cand.scores.items()}
                 | {"da/oracle_target_acc": cand.target_acc},
-                step=cand.step,
+                step=cand.curve_step,
             )
 
         t0 = time.perf_counter()
@@ -557,7 +567,7 @@ def one_run(name, cfg, params, pd: PairData, seed: int, ctx, protocol: str) -> t
             "chosen_step": chosen.step,
             "chosen_point": str(chosen.point),
             "candidates": len(cands),
-            **{f"pick_{k}": v for k, v in chosen.scores.items()},
+            **{f"chosen_{k}": v for k, v in chosen.scores.items()},  # pick half
             **gap,
             "train_seconds": train_s,
             "wall_seconds": time.perf_counter() - t0,
@@ -596,7 +606,7 @@ def register_choice(label, records, cfg, models, pd: PairData, device, seed: int
     is the criterion on the gate half."""
     from adaptflow.evaluation.da_scores import oriented
 
-    key = f"pick_{cfg.selection}"
+    key = f"chosen_{cfg.selection}"
     means = {}
     for name in cfg.methods:
         if name == ORACLE:
@@ -658,7 +668,7 @@ STAGE = STAGES.register("da")(
         name="da",
         datasets=datasets,
         run=run,
-        headline=("da/claims_holding",),
+        headline=("da/claims_holding", "da/claims_holding_holm"),
         selection="unsupervised (da.selection): see the adaptflow.selection_protocol tag",
         label_kind="pair",
         gate=Gate("da/{label}/gate_score", higher_is_better=True),

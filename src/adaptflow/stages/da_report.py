@@ -7,9 +7,10 @@ trained under the same budget, data and selection criterion:
   classifier's test error) and the multi-kernel MMD² (median-heuristic bandwidths, so it follows
   each network's own feature scale) between source-test and target features, source_only −
   method. PAD saturates near 2 when a linear classifier separates the domains whatever the
-  method: then only MMD² can show a narrowing. Features that collapse (lose the source task)
-  are also hard to tell apart: a gap claim does not hold when, on any seed, the method's source
-  test accuracy falls more than `COLLAPSE_DROP` below source_only's.
+  method: then only MMD² can show a narrowing. Features that collapse (lose the task) are also
+  hard to tell apart, and a constant feature has MMD² 0: a gap claim that would hold is
+  reported as `COLLAPSED` instead when, on any seed, the method kept less than half of
+  source_only's above-chance source test accuracy (acc − 1/K < (acc_source_only − 1/K) / 2).
 
 The report makes many one-sided tests; beside each verdict it gives the verdict under Holm's
 correction over all of them (family-wise error <= 2.5 %), and `da/claims_holding_holm` counts
@@ -20,12 +21,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from adaptflow.evaluation.verdicts import FAILS, FEW_SEEDS, HOLDS, PairedResult, holm
+from adaptflow.evaluation.verdicts import FEW_SEEDS, HOLDS, PairedResult, holm
 from adaptflow.evaluation.verdicts import paired_verdict as _paired_verdict
 from adaptflow.stages.base import claims_table
 
 BASELINE, ORACLE = "source_only", "target_oracle"
-COLLAPSE_DROP = 0.10  # source test accuracy below source_only's by more: not a narrowed gap
+COLLAPSED = "not shown: features collapsed"  # neither a gain nor the baseline being better
 
 # Published / measured numbers to show beside a pair (shared REFERENCES.md), with the protocol
 # differences a reader must know before comparing.
@@ -119,7 +120,18 @@ def paired(df: pd.DataFrame, pair: str, method: str, col: str):
     return sub.set_index("seed")[col]
 
 
-def claims(df: pd.DataFrame, pair: str, methods: list[str]) -> list[tuple[str, str, PairedResult]]:
+def collapsed_seeds(df: pd.DataFrame, pair: str, method: str, seeds, n_classes: int) -> list:
+    """Seeds on which `method` kept less than half of source_only's above-chance source test
+    accuracy: its features lost the task (they then look "aligned" to PAD and MMD²)."""
+    chance = 1.0 / n_classes
+    base = paired(df, pair, BASELINE, "source_test_acc")
+    ours = paired(df, pair, method, "source_test_acc")
+    return [s for s in seeds if ours[s] - chance < (base[s] - chance) / 2]
+
+
+def claims(
+    df: pd.DataFrame, pair: str, methods: list[str], n_classes: int = 10
+) -> list[tuple[str, str, PairedResult]]:
     """(claim, measured, paired result) per claim of one pair; a result's `verdict` is the
     claim's verdict on its own (see `holm` for the family's)."""
     out = []
@@ -140,19 +152,18 @@ def claims(df: pd.DataFrame, pair: str, methods: list[str]) -> list[tuple[str, s
 
         r = compare("target_acc")
         out.append((f"{pair}: {m} beats source-only (target acc)", r.describe("pts", 100), r))
-        drop = base["source_test_acc"][seeds] - paired(df, pair, m, "source_test_acc")[seeds]
-        lost = [s for s in seeds if drop[s] > COLLAPSE_DROP]
+        lost = collapsed_seeds(df, pair, m, seeds, n_classes)
         for col, name in (("pad", "proxy A-distance"), ("mmd", "MMD²")):
             if col == "mmd" and m == "mmd":  # its own training loss: not a fair yardstick
                 continue
             r = compare(col, higher=False)
             text = r.describe("", 1, 3)
-            if lost and r.verdict != FEW_SEEDS:
+            if lost and r.verdict == HOLDS:
                 text += (
-                    f"; source test accuracy fell > {100 * COLLAPSE_DROP:.0f} pts on seeds "
+                    f"; source test accuracy below half of source_only's above chance on seeds "
                     f"{lost}: collapsed features, not a narrowed gap"
                 )
-                r = PairedResult(FAILS, r.mean_diff, r.se, r.n, r.margin)
+                r = PairedResult(COLLAPSED, r.mean_diff, r.se, r.n, r.margin)
             out.append((f"{pair}: {m} narrows the gap ({name})", text, r))
     return out
 
@@ -215,7 +226,12 @@ def publish(records: list[dict], cfg, skipped: dict[str, str], extras: dict) -> 
         "source_only (grid: " + (str(dict(cfg.grid)) if cfg.grid else "none") + "). The MMD² "
         "claim is not made for `mmd`, which minimises that very estimator. target_oracle is "
         "trained on target labels (transductive pairs: half of them, scored on the other half), "
-        "its last checkpoint kept. Design note: the batch-norm domain classifier of dann/cdan "
+        "its last checkpoint kept. The registered method is the one with the best mean "
+        "criterion across methods: entropy and SND favour methods that minimise target entropy "
+        "(mcc, cdan, self_training) whatever their accuracy, so prefer dev or iwcv to register; "
+        "a method with a grid also had more candidates to look good on the pick half. dann and "
+        "cdan train a (non-linear) domain classifier to be fooled: their PAD (a linear one) is "
+        "an independent but related yardstick. Design note: the batch-norm domain classifier of dann/cdan "
         "was chosen after seeing MNIST→USPS target accuracy (1,000 steps, seed 0) — that "
         "pair's dann/cdan numbers are not untouched by target labels.",
         "",
@@ -232,7 +248,7 @@ def publish(records: list[dict], cfg, skipped: dict[str, str], extras: dict) -> 
             if label not in extras:
                 continue
             info = extras[label]["pair"]
-            pair_claims = claims(df, label, cfg.methods)
+            pair_claims = claims(df, label, cfg.methods, info["n_classes"])
             all_claims += pair_claims
             text += [
                 f"## {label}: {pc.source} → {pc.target} ({info['protocol']} protocol)",
@@ -262,7 +278,9 @@ def publish(records: list[dict], cfg, skipped: dict[str, str], extras: dict) -> 
         "",
         f"{n} one-sided tests at 2.5 % each: about {0.025 * n:.1f} would read 'holds' by chance "
         "if no method changed anything. '(Holm: …)' gives a verdict that changes under Holm's "
-        "step-down correction over all of them (family-wise error <= 2.5 %).",
+        "step-down correction over all of them (family-wise error <= 2.5 %); 'does not hold' "
+        "verdicts are each at 2.5 % and not corrected. MMD² is the biased (V-statistic) "
+        "estimate: comparable between methods only through the paired differences.",
     ]
     runs.log_text("\n".join(text) + "\n", "da/report.md")
     summary["da/claims_holding"] = sum(r.verdict == HOLDS for _, _, r in all_claims)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import time
 import traceback
@@ -21,6 +22,7 @@ from mlflow.tracking import MlflowClient
 # always when the run ends: one sqlite transaction per epoch cost ~20 ms, a minute over the
 # pipeline's ~3,000 tiny epochs. The MLflow UI still sees a live curve, 2 s behind.
 FLUSH_SECONDS = 2.0
+log = logging.getLogger(__name__)
 _pending: dict[str, list[Metric]] = {}
 _flushed_at: dict[str, float] = {}
 
@@ -89,7 +91,10 @@ def run(
     try:
         yield active
     except BaseException as e:
-        flush_metrics(active.info.run_id)  # the curve up to the failure is kept
+        try:
+            flush_metrics(active.info.run_id)  # the curve up to the failure is kept
+        except Exception as flush_error:  # never hide the run's own error behind a logging one
+            log.warning("could not write the curve of run %s: %s", active.info.run_id, flush_error)
         mlflow.set_tags(
             {
                 "adaptflow.error": f"{type(e).__name__}: {e}"[:5000],
@@ -128,9 +133,11 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 def flush_metrics(run_id: str | None = None) -> None:
     """Write the batched curve values of `run_id` (of every run when None)."""
     for rid in list(_pending) if run_id is None else [run_id]:
-        metrics = _pending.pop(rid, [])
-        for i in range(0, len(metrics), 1000):  # MLflow's per-batch metric limit
-            MlflowClient().log_batch(rid, metrics=metrics[i : i + 1000])
+        metrics = _pending.get(rid, [])
+        while metrics:  # MLflow's per-batch limit is 1,000; what failed stays pending
+            MlflowClient().log_batch(rid, metrics=metrics[:1000])
+            del metrics[:1000]
+        _pending.pop(rid, None)
         _flushed_at[rid] = time.monotonic()
 
 
