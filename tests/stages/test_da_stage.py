@@ -109,8 +109,13 @@ def test_selection_never_reads_target_labels(setup):
 def test_scores_take_no_target_labels():
     import inspect
 
-    names = inspect.signature(da.unsupervised_scores).parameters
-    assert [n for n in names if "y" in n] == ["y_sv"]  # source validation labels only
+    # the whole signature, so a new parameter (e.g. `labels_t`) must be looked at here
+    names = list(inspect.signature(da.unsupervised_scores).parameters)
+    assert names == ["method", "x_sv", "y_sv", "x_t", "device", "seed"]
+    from adaptflow.evaluation import da_scores
+
+    for f in (da_scores.importance_weights, da_scores.snd, da_scores.dev, da_scores.iwcv):
+        assert not {"y_t", "labels_t", "y_te", "y_pool"} & set(inspect.signature(f).parameters)
 
 
 @pytest.mark.parametrize("criterion", ["dev", "snd", "source_val"])
