@@ -112,3 +112,11 @@ def test_malformed_set(item):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_a_null_da_pair_is_removed_and_the_last_one_cannot_go():
+    params = load_params("params.yaml", ["profile=smoke"])
+    assert "mnist2usps" in load_params("params.yaml").da.pairs
+    assert list(params.da.pairs) == ["syn2mnist"]  # the smoke profile drops it with null
+    with pytest.raises(ParamsError, match="pairs"):
+        load_params("params.yaml", ["profile=smoke", "da.pairs.syn2mnist=null"])

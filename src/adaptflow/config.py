@@ -602,6 +602,12 @@ class DAStageConfig(Frozen):
     amp: bool = Field(True, description="mixed precision when on CUDA (ignored on CPU)")
     log_every: int = Field(20, ge=1, description="steps between loss syncs / progress updates")
 
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _drop_null_pairs(cls, v: Any) -> Any:
+        """`label: null` removes a pair (a profile or --set dropping one of the defaults)."""
+        return {k: p for k, p in v.items() if p is not None} if isinstance(v, dict) else v
+
     @field_validator("pairs")
     @classmethod
     def _pair_labels(cls, v: dict[str, Any]) -> dict[str, Any]:

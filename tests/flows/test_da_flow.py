@@ -57,7 +57,8 @@ def test_da_stage_runs_registers_per_pair_and_skips_absent_data(project, harness
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     # usps.h5 is at ../shared/data relative to the project: absent here, so it is skipped
     prepare_all(load_params("params.yaml"), ["syndigits", "mnist", "usps"], log=lambda m: None)
-    out = run_da(TINY)
+    # the smoke profile drops mnist2usps (null): put it back to see it skipped
+    out = run_da([*TINY, "da.pairs.mnist2usps={source: mnist, target: usps, side: 16}"])
     client = MlflowClient()
     exp = client.get_experiment_by_name(EXPERIMENT)
     stage = client.get_run(out["run_id"])
