@@ -170,7 +170,9 @@ def test_registered_method_is_chosen_by_the_criterion_never_the_oracle(setup):
     models = {}
     for m in ("source_only", "mcc"):
         models[(m, 0)] = da.new_method(m, cfg, params, pd, {}).eval()
-    reg = da.register_choice("toy", recs, cfg, models, pd, CPU, 0)
+    # the choice and its gate read no target label: both label arrays are untouchable
+    blind = replace(pd, y_pool=pd.y_pool.view(Untouchable), y_te=pd.y_te.view(Untouchable))
+    reg = da.register_choice("toy", recs, cfg, models, blind, CPU, 0)
     assert reg["method"] == "mcc"  # lowest mean DEV; the oracle's 0.0 does not compete
     sv, t = pd.gate  # the gate score is measured on the gate half
     gate = da.unsupervised_scores(models[("mcc", 0)], pd.x_sv[sv], pd.y_sv[sv], pd.x_t[t], CPU, 0)
