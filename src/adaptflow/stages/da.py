@@ -373,8 +373,14 @@ def train_and_select(
         ) -> None:
             nonlocal best
             scores = unsupervised_scores(method, x_sv, y_sv, x_tsel, device, seed)
-            cand = Candidate(dict(point), epoch * per, scores, accuracy(method, *sc, device))
-            cand.curve_step = index * per * cfg.checkpoints + cand.step  # grid points in turn
+            step = epoch * per
+            cand = Candidate(
+                dict(point),
+                step,
+                scores,
+                accuracy(method, *sc, device),
+                curve_step=index * per * cfg.checkpoints + step,  # grid points in turn
+            )
             if best is None or oracle or value(cand) > value(best):
                 cand.state = copy.deepcopy(method.state_dict())
                 if best is not None:

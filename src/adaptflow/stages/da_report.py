@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from adaptflow.evaluation.verdicts import FEW_SEEDS, HOLDS, PairedResult, holm
-from adaptflow.evaluation.verdicts import paired_verdict as _paired_verdict
+from adaptflow.evaluation.verdicts import FEW_SEEDS, HOLDS, PairedResult, holm, paired_verdict
 from adaptflow.stages.base import claims_table
 
 BASELINE, ORACLE = "source_only", "target_oracle"
@@ -148,7 +147,7 @@ def claims(
 
         def compare(col: str, higher: bool = True, m=m, seeds=seeds) -> PairedResult:
             ours = paired(df, pair, m, col)[seeds].values
-            return _paired_verdict(ours, base[col][seeds].values, higher_is_better=higher)
+            return paired_verdict(ours, base[col][seeds].values, higher_is_better=higher)
 
         r = compare("target_acc")
         out.append((f"{pair}: {m} beats source-only (target acc)", r.describe("pts", 100), r))
