@@ -58,7 +58,11 @@ test-slow: $(STAMP) ## run only the slow tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: bench-pretrain bench-transfer bench-da ## run every benchmark
+bench: bench-ae bench-pretrain bench-transfer bench-da ## run every benchmark
+
+.PHONY: bench-ae
+bench-ae: data ## the ae stage with the validation lambda sweep and every anomaly copy (profile bench)
+	$(BIN)/python -m bench.ae_sweep $(foreach s,$(SET),--set $(s))
 
 .PHONY: bench-transfer
 bench-transfer: data ## source -> features -> finetune, the full sweep (profile bench), printed tables

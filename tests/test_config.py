@@ -55,6 +55,7 @@ def test_set_values_are_typed(raw_params):
         ("ae.methods=[pca, nope]", "ae.methods", "valid: ae, denoising, pca, sparse, vae"),
         ("ae.dataset=missing", "ae.dataset", "valid: mnist"),
         ("ae.register_method=pca", "ae.register_method", "torch model"),
+        ("ae.anomaly_methods=[ae, vea]", "ae.anomaly_methods", "['vea'] not in ae.methods"),
         ("profile=huge", "profile", "valid: default, bench, smoke"),
         ("device=tpu", "device", "'auto', 'cpu', 'cuda' or 'mps'"),
         ("data.sources.mnist.test_fraction=1.5", "data.sources.mnist.test_fraction", "less than 1"),

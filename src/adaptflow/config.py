@@ -227,6 +227,10 @@ class AEStageConfig(TrainSettings):
         ge=0,
         description="held out of a second training run; AUROC of its recon error. null: skip",
     )
+    anomaly_methods: list[str] = Field(
+        default_factory=lambda: ["ae"],
+        description="the methods (of `methods`) whose copy without `anomaly_digit` is trained",
+    )
     seeds: list[Annotated[int, Field(ge=0)]] = Field(
         default_factory=lambda: [0, 1, 2],
         min_length=1,
@@ -242,8 +246,12 @@ class AEStageConfig(TrainSettings):
         default_factory=lambda: [0.1, 0.3, 0.5], min_length=1, description="masking noise grid"
     )
     sparse_lambdas: list[Annotated[float, Field(ge=0)]] = Field(
-        default_factory=lambda: [1.0, 10.0],
-        description="extra lambdas of the sparse AE's MSE-vs-activation plot (first seed, arch)",
+        default_factory=list,
+        description="the validation sweep's extra lambdas (first seed and arch; with 0 and the "
+        "configured lambda): the MSE-vs-activation plot. []: no sweep",
+    )
+    sparse_baseline: bool = Field(
+        False, description="also train the sparse AE with lambda = 0 on every seed (context)"
     )
     sparse_mse_factor: float = Field(
         2.5, gt=1, description="claim: the sparse AE's test MSE is within this factor of the AE's"
@@ -856,6 +864,12 @@ def _check_cross_refs(p: Params) -> None:
             f"invalid params:\n  ae.register_method = {p.ae.register_method!r}: "
             "must be one of ae.methods "
             "that trains a torch model"
+        )
+    bad = [m for m in p.ae.anomaly_methods if m not in p.ae.methods]
+    if bad and p.ae.anomaly_digit is not None:
+        raise ParamsError(
+            f"invalid params:\n  ae.anomaly_methods = {p.ae.anomaly_methods}: {bad} not in "
+            f"ae.methods {p.ae.methods}; list methods that run (or set ae.anomaly_digit: null)"
         )
     from adaptflow.methods.ae import AE_METHODS
 

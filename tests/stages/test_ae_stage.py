@@ -181,7 +181,7 @@ def test_stage_runs_each_seed_and_gates_on_validation(project):
         "ae.epochs=1",
         "ae.max_train=200",
         "ae.max_test=100",
-        "ae.anomaly_digit=null",
+        "ae.anomaly_digit=9",  # the copy without 9: ae only (ae.anomaly_methods)
         "ae.iw_samples=100",
         "ae.iw_images=10",
         "ae.tsne_points=0",
@@ -202,8 +202,13 @@ def test_stage_runs_each_seed_and_gates_on_validation(project):
     )
     names = {r.info.run_name for r in nested}
     expected = {f"ae/{m}-s{s}" for m in ("pca", "ae-mlp", "sparse-mlp", "vae-mlp") for s in (3, 5)}
-    expected |= {f"ae/{SPARSE_BASELINE}-mlp-s{s}" for s in (3, 5)} | {"ae/sparse_lam10-mlp-s3"}
+    # no λ = 0 run per seed (ae.sparse_baseline: false); the validation sweep trains λ = 0 and
+    # 10 on the first seed only
+    expected |= {"ae/sparse_lam0-mlp-s3", "ae/sparse_lam10-mlp-s3"}
     assert names == expected
+    assert f"ae/{SPARSE_BASELINE}-mlp/test_mse" not in outcome.metrics
+    assert "ae/ae-mlp/test_anomaly_auroc" in outcome.metrics
+    assert not [k for k in outcome.metrics if "anomaly" in k and "/ae-mlp/" not in k]
 
     m = outcome.metrics
     per_seed = [

@@ -454,11 +454,16 @@ def report(df, noise_df, claims, cfg, dataset: str, clf_acc: float | None, sweep
         f"{cfg.interp_pairs} test pairs of different classes × {cfg.interp_steps - 2} "
         "interior interpolation points.",
         f"Sparse: dead unit = mean test activation < {DEAD_ACTIVATION:g}; "
-        f"`{SPARSE_BASELINE}` is the sparse AE with λ = 0 (same sigmoid code, no penalty), shown "
-        f"as context only: the 'fire near ρ' claim is absolute (band share > "
+        + (
+            f"`{SPARSE_BASELINE}` is the sparse AE with λ = 0 (same sigmoid code, no penalty), "
+            "shown as context only; "
+            if cfg.sparse_baseline
+            else ""
+        )
+        + f"the 'fire near ρ' claim is absolute (band share > "
         f"{cfg.sparse_band_floor:g} over seeds, no dead unit on any seed).",
-        f"Anomaly AUROC (first seed): a copy trained without digit {cfg.anomaly_digit}, test "
-        "images scored by reconstruction MSE.",
+        f"Anomaly AUROC (first seed; {', '.join(cfg.anomaly_methods)}): a copy trained without "
+        f"digit {cfg.anomaly_digit}, test images scored by reconstruction MSE.",
         "Verdicts: paired differences over seeds; holds if the mean gain exceeds the half-width "
         "of its 95 % t confidence interval (t(0.975, n-1) × SE: 4.30 SE with 3 seeds), does not "
         "hold if it is below minus that half-width, else within noise; one seed: not enough "
@@ -483,9 +488,10 @@ def report(df, noise_df, claims, cfg, dataset: str, clf_acc: float | None, sweep
 
 # ---------------------------------------------------------------- the stage
 def _variants(name: str, options, cfg):
-    """(label stem, options) to train for a method: the sparse AE also trains its λ = 0 baseline."""
+    """(label stem, options) to train for a method: the sparse AE also trains its λ = 0 baseline
+    when `ae.sparse_baseline` asks for it."""
     yield name, options
-    if name == "sparse":
+    if name == "sparse" and cfg.sparse_baseline:
         yield SPARSE_BASELINE, options.model_copy(update={"lam": 0.0})
 
 
@@ -563,7 +569,11 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                                     "train": history.series("loss"),
                                     "val": history.series("val_loss"),
                                 }
-                            if cfg.anomaly_digit is not None and stem == name:
+                            if (
+                                cfg.anomaly_digit is not None
+                                and stem == name
+                                and name in cfg.anomaly_methods
+                            ):
                                 metrics["test_anomaly_auroc"] = anomaly_score_auroc(
                                     name, spec, options, d, cfg, ctx, seed, cfg.anomaly_digit
                                 )
@@ -574,7 +584,9 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                         runs.log_metrics({f"ae/{k}": v for k, v in metrics.items()})
                     results.setdefault(label, {})[seed] = metrics
     sweep = (
-        _sparse_sweep(results, d, cfg, ctx, shape, first, runs) if "sparse" in cfg.methods else []
+        _sparse_sweep(results, d, cfg, ctx, shape, first, runs)
+        if "sparse" in cfg.methods and cfg.sparse_lambdas
+        else []
     )
 
     baseline = {k: psnr(v, d.x_te) for k, v in d.noisy.items()}
@@ -636,7 +648,7 @@ def _sparse_sweep(results, d: EvalData, cfg, ctx, shape, seed: int, runs) -> lis
         for label in (f"sparse-{arch}", f"{SPARSE_BASELINE}-{arch}")
         if seed in (r := results.get(label, {}))
     }
-    for lam in cfg.sparse_lambdas:
+    for lam in sorted({0.0, *cfg.sparse_lambdas}):  # λ = 0 anchors the plot
         if lam in done:
             continue
         options = base.model_copy(update={"lam": float(lam)})

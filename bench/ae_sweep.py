@@ -1,0 +1,46 @@
+"""Benchmark: the `ae` stage on the `bench` profile — the default sizes plus the validation λ
+sweep of the sparse AE (val MSE vs mean activation: how `options.sparse.lam` and
+`sparse_mse_factor` were fixed), the λ = 0 context runs and every method's anomaly copy —
+printed as the stage's comparison report with the wall time.
+
+    make bench-ae                                 # profile bench, recomputed (cache ignored)
+    python -m bench.ae_sweep --set ae.sparse_lambdas=[0.3,1,3,10,30]
+
+Runs are logged to MLflow (experiment `adaptflow-bench`); the model registers as
+`adaptflow-bench-ae`, never under a production name.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.pretrain_sweep import bench_args, bench_params
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = bench_args(__doc__, argv, profile="bench")
+
+    import mlflow
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from adaptflow.stages import StageContext, execute
+    from adaptflow.tracking.store import configure
+    from adaptflow.training import resolve_device
+
+    params = bench_params(args.params, [f"profile={args.profile}", *args.overrides])
+    device = resolve_device(params.device)
+    ctx = StageContext(
+        Path("."), configure(".", params.experiment), device, progress=True, force=True
+    )
+    t0 = time.perf_counter()
+    outcome = execute("ae", params, ctx)
+    seconds = time.perf_counter() - t0
+    console = Console()
+    console.print(Markdown(mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/ae/comparison.md")))
+    console.print(f"\nwall time {seconds:.0f} s on {device}")
+
+
+if __name__ == "__main__":
+    main()
