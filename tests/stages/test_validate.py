@@ -78,9 +78,7 @@ def test_a_bad_checkpoint_names_the_file_before_any_run(raw_params, prepared, tm
 
 def test_transfer_inputs_must_fit_the_backbones(raw_params, prepared):
     msg = rejected(
-        params(
-            raw_params, prepared, "profile=bench", "transfer.backbones.vit.kwargs.img_size=32"
-        ),
+        params(raw_params, prepared, "profile=bench", "transfer.backbones.vit.kwargs.img_size=32"),
         ["source"],
     )
     assert "transfer.backbones.vit.kwargs.img_size = 32" in msg and "set img_size: 28" in msg
