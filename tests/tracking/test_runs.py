@@ -33,6 +33,7 @@ def test_stepped_metrics_are_batched_and_flushed_when_the_run_ends(store, monkey
         assert mlflow.get_run(rid).data.metrics["final"] == 0.5
     assert history(rid, "loss") == [(s, 1.0 / s) for s in range(1, 6)]
     assert history(rid, "acc") == [(s, s / 10) for s in range(1, 6)]
+    assert rid not in runs._pending and rid not in runs._flushed_at  # no state left per run
 
 
 def test_a_failed_run_keeps_its_curve_up_to_the_failure(store, monkeypatch):
@@ -44,6 +45,7 @@ def test_a_failed_run_keeps_its_curve_up_to_the_failure(store, monkeypatch):
         raise RuntimeError("diverged")
     assert history(rid, "loss") == [(1, 1.0), (2, 2.0), (3, 3.0)]
     assert mlflow.get_run(rid).info.status == "FAILED"
+    assert rid not in runs._pending and rid not in runs._flushed_at
 
 
 def test_nested_runs_keep_their_own_curves(store, monkeypatch):

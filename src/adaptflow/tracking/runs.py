@@ -106,6 +106,8 @@ def run(
     else:
         flush_metrics(active.info.run_id)
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    finally:
+        _flushed_at.pop(active.info.run_id, None)  # an ended run keeps no state here
 
 
 def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
