@@ -268,3 +268,13 @@ def test_select_maximises_higher_better_and_minimises_lower_better_scores():
         select([{"snd": 1.0}, {"dev": 1.0}], "snd")
     with pytest.raises(ValueError):
         select([], "snd")
+
+
+def test_effective_sample_fraction_known_values():
+    from adaptflow.evaluation.da_scores import effective_sample_fraction
+
+    assert effective_sample_fraction(np.full(50, 0.3)) == pytest.approx(1.0)
+    assert effective_sample_fraction(np.r_[5.0, np.zeros(99)]) == pytest.approx(0.01)
+    w = np.array([1.0, 1.0, 2.0, 0.0])  # (4)² / (4 · 6)
+    assert effective_sample_fraction(w) == pytest.approx(16 / 24)
+    assert effective_sample_fraction(np.zeros(3)) == 0.0

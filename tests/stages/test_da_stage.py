@@ -210,3 +210,23 @@ def test_a_non_finite_score_never_wins(setup, monkeypatch):
     _, chosen, cands, _ = da.train_and_select("source_only", params.da, params, pd, 0, CPU)
     assert [c.scores["dev"] for c in cands][1:] == [0.9, 0.5]
     assert chosen.step == cands[2].step  # the lowest finite DEV
+
+
+def test_the_served_models_example_is_raw_target_input():
+    """The logged network z-scores its input itself: its input example must be the raw rows,
+    not the already standardised ones (else the example would be standardised twice)."""
+    from types import SimpleNamespace
+
+    from adaptflow.models.featurizers import Standardize
+
+    raw = np.random.default_rng(0).normal(5.0, 3.0, (6, 4)).astype(np.float32)
+    mean, std = raw.mean(0), raw.std(0)
+    pd = SimpleNamespace(x_t=(raw - mean) / std, target_stats=(mean, std))
+    example = da.raw_target_rows(pd, 4)
+    np.testing.assert_allclose(example, raw[:4], rtol=1e-5, atol=1e-5)
+    z = Standardize(mean, std)(torch.from_numpy(example)).numpy()
+    np.testing.assert_allclose(z, pd.x_t[:4], rtol=1e-5, atol=1e-5)
+    plain = SimpleNamespace(x_t=raw, target_stats=None)
+    assert da.raw_target_rows(plain, 2) is not None and np.array_equal(
+        da.raw_target_rows(plain, 2), raw[:2]
+    )

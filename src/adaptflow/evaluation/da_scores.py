@@ -154,6 +154,14 @@ def importance_weights(
     return np.minimum(ratio, max_weight)
 
 
+def effective_sample_fraction(weights) -> float:
+    """Kish's effective sample size over n, (Σw)² / (n Σw²) ∈ (0, 1]: 1 for equal weights, 1/n
+    when one point carries all the weight (0 for all-zero weights)."""
+    w = np.asarray(weights, dtype=np.float64)
+    sq = float((w**2).sum())
+    return float(w.sum() ** 2 / (len(w) * sq)) if len(w) and sq > 0 else 0.0
+
+
 def iwcv(losses_s, weights) -> float:
     """Importance-weighted validation loss mean(w · ℓ) over the source validation split
     (Sugiyama et al. 2007): an estimate of the target risk. Lower = better."""

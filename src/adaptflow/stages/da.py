@@ -300,7 +300,9 @@ def unsupervised_scores(
     f_s, logits_s = embed(method, x_sv, device)
     f_t, logits_t = embed(method, x_t, device)
     if not (np.isfinite(logits_s).all() and np.isfinite(logits_t).all()):  # a diverged model
-        return dict.fromkeys(("dev", "iwcv", "snd", "entropy", "source_val"), math.nan)
+        return dict.fromkeys(
+            ("dev", "iwcv", "snd", "entropy", "source_val", "weight_ess"), math.nan
+        )
     logp_s = torch.log_softmax(torch.from_numpy(logits_s), 1)
     losses_s = (-logp_s[torch.arange(len(y_sv)), torch.from_numpy(y_sv)]).numpy()
     probs_t = torch.softmax(torch.from_numpy(logits_t), 1).numpy()
@@ -314,6 +316,10 @@ def unsupervised_scores(
         "snd": da_scores.snd(probs_t),
         "entropy": da_scores.prediction_entropy(probs_t),
         "source_val": float((logits_s.argmax(1) == y_sv).mean()),
+        # a diagnostic, not a criterion: the effective share of source points behind DEV and
+        # IWCV, (Σw)² / (n Σw²). Near-separable domains leave a few points carrying all the
+        # weight, and DEV/IWCV then say little about the target risk
+        "weight_ess": da_scores.effective_sample_fraction(w_raw),
     }
 
 
@@ -430,6 +436,16 @@ def to_network(method, pd: PairData) -> torch.nn.Module:
     return torch.nn.Sequential(*layers).cpu().eval()
 
 
+def raw_target_rows(pd: PairData, n: int) -> np.ndarray:
+    """The first `n` target examples as a user has them (before the pair's z-scoring): what the
+    served network, which standardises itself, takes."""
+    x = pd.x_t[:n]
+    if pd.target_stats is None:
+        return x
+    mean, std = (np.asarray(a, dtype=x.dtype) for a in pd.target_stats)
+    return x * std + mean
+
+
 def gap_metrics(f_s: np.ndarray, f_t: np.ndarray, seed: int) -> dict[str, float]:
     """Proxy A-distance and MMD² between source-test and scored-target features."""
     from adaptflow.evaluation import da_scores
@@ -486,7 +502,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
             with runs.run(f"da/{label}-registered", tags={"adaptflow.pair": label}):
                 runs.set_tags({"adaptflow.registered_method": reg["method"]})
                 runs.log_metrics({f"da/gate_{cfg.selection}": reg["gate_raw"]})
-                uri = log_torch_model(to_network(reg["model"], pd), pd.x_t[:4])
+                uri = log_torch_model(to_network(reg["model"], pd), raw_target_rows(pd, 4))
             outcome.models[label] = LabelledModel(
                 uri,
                 {
@@ -567,7 +583,10 @@ def one_run(name, cfg, params, pd: PairData, seed: int, ctx, protocol: str) -> t
             "seed": seed,
             "target_acc": float((logits.argmax(1) == y_sc).mean()),
             "oracle_selected_acc": max(c.target_acc for c in cands),
-            "last_acc": cands[-1].target_acc,
+            # the peer's protocol (no selection) has one last checkpoint: not defined for a grid
+            "last_acc": cands[-1].target_acc
+            if len(grid_points(cfg.grid.get(name, {}))) == 1
+            else math.nan,
             "source_test_acc": float((logits_s.argmax(1) == pd.y_st).mean()),
             "steps": steps_per_checkpoint(cfg, pd) * cfg.checkpoints,
             "chosen_step": chosen.step,
