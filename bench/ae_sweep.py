@@ -12,33 +12,17 @@ Runs are logged to MLflow (experiment `adaptflow-bench`); the model registers as
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
+from rich.console import Console
 
-from bench.pretrain_sweep import bench_args, bench_params
+from bench.common import bench_args, bench_params, print_artifact, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
     args = bench_args(__doc__, argv, profile="bench")
-
-    import mlflow
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    from adaptflow.stages import StageContext, execute
-    from adaptflow.tracking.store import configure
-    from adaptflow.training import resolve_device
-
     params = bench_params(args.params, [f"profile={args.profile}", *args.overrides])
-    device = resolve_device(params.device)
-    ctx = StageContext(
-        Path("."), configure(".", params.experiment), device, progress=True, force=True
-    )
-    t0 = time.perf_counter()
-    outcome = execute("ae", params, ctx)
-    seconds = time.perf_counter() - t0
+    outcome, seconds, device = run_stage("ae", params)
     console = Console()
-    console.print(Markdown(mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/ae/comparison.md")))
+    print_artifact(console, outcome.run_id, "ae/comparison.md")
     console.print(f"\nwall time {seconds:.0f} s on {device}")
 
 

@@ -16,48 +16,40 @@ Runs are logged to MLflow (experiment `adaptflow-bench`); models register as
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from bench.pretrain_sweep import bench_args, bench_params
+from rich.console import Console
+
+from bench.common import bench_args, bench_params, print_artifact, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
     args = bench_args(__doc__, argv, profile="bench", extra=_pairs_option)
-
-    import mlflow
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    from adaptflow.stages import StageContext, execute
-    from adaptflow.tracking.store import configure
-    from adaptflow.training import resolve_device
-
     params = bench_params(args.params, [f"profile={args.profile}", *args.overrides])
     suffix = ""
     if args.pairs:
-        wanted = [p.strip() for p in args.pairs.split(",") if p.strip()]
-        unknown = sorted(set(wanted) - set(params.da.pairs))
-        if unknown:
-            raise SystemExit(
-                f"--pairs: {', '.join(unknown)} not in da.pairs of profile {args.profile!r} "
-                f"(there: {', '.join(params.da.pairs)})"
-            )
-        pairs = {k: v for k, v in params.da.pairs.items() if k in wanted}
-        params = params.model_copy(update={"da": params.da.model_copy(update={"pairs": pairs})})
-        suffix = "-" + "-".join(pairs)
-    device = resolve_device(params.device)
-    ctx = StageContext(Path("."), configure(".", params.experiment), device, force=True)
-    t0 = time.perf_counter()
-    outcome = execute("da", params, ctx)
-    seconds = time.perf_counter() - t0
+        params, suffix = _only_pairs(params, args.pairs)
+    outcome, seconds, device = run_stage("da", params, progress=False)
     console = Console()
-    report = mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/da/report.md")
-    console.print(Markdown(report))
+    report = print_artifact(console, outcome.run_id, "da/report.md")
     Path("reports").mkdir(exist_ok=True)
     out = Path("reports") / f"bench-da-{params.profile}{suffix}.md"
     out.write_text(report + f"\nwall time {seconds:.0f} s on {device}\n")
     console.print(f"\nwall time {seconds:.0f} s on {device}; report written to {out}")
+
+
+def _only_pairs(params, pairs_arg: str):
+    """Params keeping only the comma-separated `--pairs`, and the report file's suffix."""
+    wanted = [p.strip() for p in pairs_arg.split(",") if p.strip()]
+    unknown = sorted(set(wanted) - set(params.da.pairs))
+    if unknown:
+        raise SystemExit(
+            f"--pairs: {', '.join(unknown)} not in da.pairs of profile {params.profile!r} "
+            f"(there: {', '.join(params.da.pairs)})"
+        )
+    pairs = {k: v for k, v in params.da.pairs.items() if k in wanted}
+    params = params.model_copy(update={"da": params.da.model_copy(update={"pairs": pairs})})
+    return params, "-" + "-".join(pairs)
 
 
 def _pairs_option(parser) -> None:

@@ -10,68 +10,17 @@ as `adaptflow-bench-pretrain`, never under a production name (both are forced af
 
 from __future__ import annotations
 
-import argparse
-import logging
-import time
-from pathlib import Path
+from rich.console import Console
 
-from adaptflow.env import configure_env
-
-BENCH = "adaptflow-bench"  # experiment and registry prefix: never the production names
-
-
-def bench_params(path: str, overrides: list[str]):
-    """Params with the user's overrides, then the bench's experiment and registry prefix forced."""
-    from adaptflow.config import load_params
-
-    return load_params(path, [*overrides, f"experiment={BENCH}", f"registry_prefix={BENCH}"])
-
-
-def bench_args(doc: str, argv: list[str] | None, profile: str | None = None, extra=None):
-    """The benchmarks' command line (--set, --params[, --profile], what `extra(parser)` adds);
-    sets up the environment."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], help="KEY=VALUE param override"
-    )
-    parser.add_argument("--params", default="params.yaml")
-    if profile is not None:
-        parser.add_argument("--profile", default=profile, help=f"params profile ({profile})")
-    if extra is not None:
-        extra(parser)
-    args = parser.parse_args(argv)
-    configure_env(".")
-    logging.basicConfig(level=logging.WARNING)
-    return args
+from bench.common import bench_args, bench_params, print_artifact, run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
     args = bench_args(__doc__, argv)
-
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    from adaptflow.stages import StageContext, execute
-    from adaptflow.tracking.store import configure
-    from adaptflow.training import resolve_device
-
     params = bench_params(args.params, args.overrides)
-    ctx = StageContext(
-        Path("."),
-        configure(".", params.experiment),
-        resolve_device(params.device),
-        progress=True,
-        force=True,
-    )
-    t0 = time.perf_counter()
-    outcome = execute("pretrain", params, ctx)
-    seconds = time.perf_counter() - t0
-
-    import mlflow
-
-    verdict = mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/pretrain/verdict.md")
+    outcome, seconds, device = run_stage("pretrain", params)
     console = Console()
-    console.print(Markdown(verdict))
+    print_artifact(console, outcome.run_id, "pretrain/verdict.md")
     m = outcome.metrics
     console.print("\n[bold]gain of greedy over random init (test accuracy points):[/]")
     from adaptflow.evaluation.verdicts import t_quantile
@@ -84,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
             f"  {100 * f:g}% labels: {100 * m[f'pretrain/f{f:g}/gain']:+.2f} ± {hw:.2f} "
             f"(95 % CI, {n} seeds)"
         )
-    console.print(f"\nwall time {seconds:.0f} s on {ctx.device}; MLflow run {outcome.run_id}")
+    console.print(f"\nwall time {seconds:.0f} s on {device}; MLflow run {outcome.run_id}")
 
 
 if __name__ == "__main__":

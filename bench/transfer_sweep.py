@@ -11,25 +11,16 @@ Runs are logged to MLflow (experiment `adaptflow-bench`); models register as
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
+from rich.console import Console
 
-from bench.pretrain_sweep import bench_args, bench_params
+from bench.common import bench_args, bench_params, print_artifact, run_stage
 
 CHAIN = ("source", "features", "finetune")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = bench_args(__doc__, argv, profile="bench")
-
-    import mlflow
     from flows.pipeline import upstream_ref
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    from adaptflow.stages import StageContext, execute
-    from adaptflow.tracking.store import configure
-    from adaptflow.training import resolve_device
 
     params = bench_params(args.params, [f"profile={args.profile}", *args.overrides])
     console = Console()
@@ -37,25 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     refs: dict[str, dict] = {}
     seconds: dict[str, float] = {}
     for stage in CHAIN:
-        ctx = StageContext(
-            Path("."),
-            configure(".", params.experiment),
-            resolve_device(params.device),
-            progress=True,
-            force=True,
-            upstream_keys=dict(keys),
-            upstream=dict(refs),
+        outcome, seconds[stage], device = run_stage(
+            stage, params, upstream_keys=dict(keys), upstream=dict(refs)
         )
-        t0 = time.perf_counter()
-        outcome = execute(stage, params, ctx)
-        seconds[stage] = time.perf_counter() - t0
         keys[stage] = outcome.cache_key
         refs[stage] = upstream_ref(outcome.to_dict())
-        for name in ("report.md",):
-            console.print(
-                Markdown(mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/{stage}/{name}"))
-            )
-    device = resolve_device(params.device)
+        print_artifact(console, outcome.run_id, f"{stage}/report.md")
     times = ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items())
     console.print(f"\nwall time {sum(seconds.values()):.0f} s ({times}) on {device}")
 

@@ -293,13 +293,26 @@ def test_stage_run_respects_the_budget_and_fills_the_gate(mnist, project, monkey
 
 
 def test_bench_never_uses_production_names(project):
-    from bench.pretrain_sweep import bench_params
+    from bench.common import bench_params
 
     p = bench_params("params.yaml", ["registry_prefix=adaptflow", "experiment=adaptflow"])
     assert p.model_name("pretrain") == "adaptflow-bench-pretrain"
     assert p.experiment == "adaptflow-bench"
     smoke = bench_params("params.yaml", ["profile=smoke"])
     assert smoke.model_name("pretrain") == "adaptflow-bench-pretrain"
+
+
+def test_bench_da_pairs_option_keeps_only_the_named_pairs(project):
+    from bench.common import bench_params
+    from bench.da_sweep import _only_pairs
+
+    p = bench_params("params.yaml", ["profile=bench"])
+    kept, suffix = _only_pairs(p, "usps2mnist, syn2mnist")
+    assert list(kept.da.pairs) == ["syn2mnist", "usps2mnist"]  # the profile's order
+    assert suffix == "-syn2mnist-usps2mnist"
+    assert kept.da.pairs["syn2mnist"] == p.da.pairs["syn2mnist"]
+    with pytest.raises(SystemExit, match="nope not in da.pairs of profile 'bench'"):
+        _only_pairs(p, "syn2mnist,nope")
 
 
 # ------------------------------------------------------------------ the seed's claim (slow)

@@ -1,0 +1,71 @@
+"""What every benchmark shares: the command line, the params with the bench's experiment and
+registry prefix forced (never the production names), and running one stage timed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from adaptflow.env import configure_env
+
+BENCH = "adaptflow-bench"  # experiment and registry prefix: never the production names
+
+
+def bench_params(path: str, overrides: list[str]):
+    """Params with the user's overrides, then the bench's experiment and registry prefix forced."""
+    from adaptflow.config import load_params
+
+    return load_params(path, [*overrides, f"experiment={BENCH}", f"registry_prefix={BENCH}"])
+
+
+def bench_args(doc: str, argv: list[str] | None, profile: str | None = None, extra=None):
+    """The benchmarks' command line (--set, --params[, --profile], what `extra(parser)` adds);
+    sets up the environment."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="KEY=VALUE param override"
+    )
+    parser.add_argument("--params", default="params.yaml")
+    if profile is not None:
+        parser.add_argument("--profile", default=profile, help=f"params profile ({profile})")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    configure_env(".")
+    logging.basicConfig(level=logging.WARNING)
+    return args
+
+
+def run_stage(stage: str, params, *, progress: bool = True, **upstream):
+    """Execute `stage` recomputed (cache ignored) in the current directory's store.
+
+    `upstream` is passed to the StageContext (`upstream_keys`, `upstream`). Returns the
+    outcome, the wall seconds and the device it ran on."""
+    from adaptflow.stages import StageContext, execute
+    from adaptflow.tracking.store import configure
+    from adaptflow.training import resolve_device
+
+    device = resolve_device(params.device)
+    ctx = StageContext(
+        Path("."),
+        configure(".", params.experiment),
+        device,
+        progress=progress,
+        force=True,
+        **upstream,
+    )
+    t0 = time.perf_counter()
+    outcome = execute(stage, params, ctx)
+    return outcome, time.perf_counter() - t0, device
+
+
+def print_artifact(console, run_id: str, path: str) -> str:
+    """Render a run's markdown artifact on `console`; returns its text."""
+    import mlflow
+    from rich.markdown import Markdown
+
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+    console.print(Markdown(text))
+    return text
