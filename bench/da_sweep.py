@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     suffix = ""
     if args.pairs:
         params, suffix = _only_pairs(params, args.pairs)
-    outcome, seconds, device = run_stage("da", params, progress=False)
+    outcome, seconds, device = run_stage("da", params)
     console = Console()
     report = print_artifact(console, outcome.run_id, "da/report.md")
     Path("reports").mkdir(exist_ok=True)

@@ -164,6 +164,32 @@ def test_publish_counts_holm_corrected_claims(monkeypatch):
     assert f"{HOLDS} (Holm: {NOISE})" in logged["da/report.md"]
     assert summary["da/claims"] == pytest.approx(6 + 6 * 2)
     report = logged["da/report.md"]
-    assert "source_only 50.0 %, m0 1.0 %, m1 50.0 %" in report and "Below 5 %" in report
+    assert "m0 1.0 % (lowest seed 1.0 %), m1 50.0 %" in report and "Below 5 % on a seed" in report
     (m1_row,) = [line for line in report.splitlines() if line.startswith("| m1 |")]
     assert m1_row.split(" | ")[3] == "–"  # the last-checkpoint column
+
+
+@pytest.mark.parametrize(
+    ("source_val", "selection", "warned"),
+    # the registered method's chosen candidates on the source validation pick half, mean over
+    # seeds; entropy and SND do not read the source loss, so they are never "saturated" by it
+    [(0.995, "dev", True), (0.991, "iwcv", True), (0.985, "dev", False), (1.0, "snd", False)],
+)
+def test_a_loss_criterion_on_a_solved_source_is_flagged_as_saturated(source_val, selection, warned):
+    st = [(0.5, 1.8, 0.3, source_val)] * 3
+    df = records({"source_only": BASE, "self_training": st})
+    lines = da_report.registration_note(df, "p", "self_training", selection)
+    assert lines[0].startswith("Registered: **self_training**")
+    assert any(line.startswith("Warning:") for line in lines) == warned
+    if warned:
+        assert f"{100 * source_val:.1f} %" in lines[2] and "da.methods" in lines[2]
+    assert da_report.registration_note(df, "p", None, selection) == []
+
+
+def test_the_ess_warning_looks_at_every_seed_not_the_mean():
+    df = records({"source_only": BASE, "mcc": BASE})
+    df["chosen_weight_ess"] = [0.2, 0.2, 0.2, 0.3, 0.3, 0.03]  # mcc: mean 0.21, one seed 3 %
+    (line, _) = da_report.weight_note(df, "p")
+    assert "mcc 21.0 % (lowest seed 3.0 %)" in line and "Below 5 % on a seed" in line
+    df["chosen_weight_ess"] = [0.2, 0.2, 0.2, 0.3, 0.3, 0.06]
+    assert "Below" not in da_report.weight_note(df, "p")[0]

@@ -302,6 +302,16 @@ def test_bench_never_uses_production_names(project):
     assert smoke.model_name("pretrain") == "adaptflow-bench-pretrain"
 
 
+@pytest.mark.parametrize("name", ["ae_sweep", "pretrain_sweep", "transfer_sweep", "da_sweep"])
+def test_every_bench_imports_and_parses_its_command_line(name, project):
+    import importlib
+
+    bench = importlib.import_module(f"bench.{name}")
+    with pytest.raises(SystemExit) as exc:  # --help: parse, print, exit 0; nothing runs
+        bench.main(["--help"])
+    assert exc.value.code == 0
+
+
 def test_bench_da_pairs_option_keeps_only_the_named_pairs(project):
     from bench.common import bench_params
     from bench.da_sweep import _only_pairs

@@ -458,6 +458,8 @@ def gap_metrics(f_s: np.ndarray, f_t: np.ndarray, seed: int) -> dict[str, float]
 
 # ---------------------------------------------------------------- the stage
 def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
+    import pandas
+
     from adaptflow.stages import da_report
     from adaptflow.tracking import runs
     from adaptflow.tracking.models import log_torch_model
@@ -498,6 +500,13 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
         da_report.log_runs(records)  # what is done so far survives a crash in a later pair
         reg = register_choice(label, records, cfg, models, pd, ctx.device, params.seed)
         if reg is not None:
+            extras[label]["registered"] = reg["method"]
+            why = da_report.saturation(
+                pandas.DataFrame(records), label, reg["method"], cfg.selection
+            )
+            if why:
+                log.warning("da %s: %s", label, why)
+                runs.set_tags({f"adaptflow.da.saturated.{label}": why[:500]})
             outcome.metrics[f"da/{label}/gate_score"] = reg["gate_score"]
             with runs.run(f"da/{label}-registered", tags={"adaptflow.pair": label}):
                 runs.set_tags({"adaptflow.registered_method": reg["method"]})
