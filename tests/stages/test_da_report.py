@@ -173,7 +173,14 @@ def test_publish_counts_holm_corrected_claims(monkeypatch):
     ("source_val", "selection", "warned"),
     # the registered method's chosen candidates on the source validation pick half, mean over
     # seeds; entropy and SND do not read the source loss, so they are never "saturated" by it
-    [(0.995, "dev", True), (0.991, "iwcv", True), (0.985, "dev", False), (1.0, "snd", False)],
+    # (source_val is itself an accuracy: near 100 % it ties and is no confidence ranking)
+    [
+        (0.995, "dev", True),
+        (0.991, "iwcv", True),
+        (0.985, "dev", False),
+        (1.0, "snd", False),
+        (1.0, "source_val", False),
+    ],
 )
 def test_a_loss_criterion_on_a_solved_source_is_flagged_as_saturated(source_val, selection, warned):
     st = [(0.5, 1.8, 0.3, source_val)] * 3
@@ -184,6 +191,9 @@ def test_a_loss_criterion_on_a_solved_source_is_flagged_as_saturated(source_val,
     if warned:
         assert f"{100 * source_val:.1f} %" in lines[2] and "da.methods" in lines[2]
     assert da_report.registration_note(df, "p", None, selection) == []
+    # label-free: what the target labels say changes nothing in the note
+    relabelled = df.assign(target_acc=0.99, oracle_selected_acc=0.99, source_test_acc=0.99)
+    assert da_report.registration_note(relabelled, "p", "self_training", selection) == lines
 
 
 def test_the_ess_warning_looks_at_every_seed_not_the_mean():

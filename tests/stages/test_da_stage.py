@@ -84,12 +84,22 @@ def test_non_oracle_training_and_selection_never_touch_the_pool_labels(setup, na
     and selects with them untouchable; scoring (`accuracy` on the scored set) is the only reader
     of target labels and is replaced here by a stub that ignores them."""
     params, pd = setup
-    poisoned = replace(pd, y_pool=Untouchable(), y_te=None)
+    poisoned = replace(pd, y_pool=Untouchable(), y_te=Untouchable())
     monkeypatch.setattr(da, "accuracy", lambda method, x, y, device: 0.0)
     cfg = params.da.model_copy(update={"steps": 6, "checkpoints": 2})
     _, chosen, cands, _ = da.train_and_select(name, cfg, params, poisoned, 0, CPU)
     best = max(cands, key=lambda c: oriented(cfg.selection, c.scores[cfg.selection]))
     assert (chosen.point, chosen.step) == (best.point, best.step)
+
+
+def test_the_untouchable_labels_do_trip_on_a_real_read(setup, monkeypatch):
+    """The control for the test above: target_oracle reads the pool's labels, and is caught."""
+    params, pd = setup
+    poisoned = replace(pd, y_pool=Untouchable(), y_te=Untouchable())
+    monkeypatch.setattr(da, "accuracy", lambda method, x, y, device: 0.0)
+    cfg = params.da.model_copy(update={"steps": 6, "checkpoints": 2})
+    with pytest.raises(AssertionError, match="target labels were read"):
+        da.train_and_select(da.ORACLE, cfg, params, poisoned, 0, CPU)
 
 
 def test_selection_never_reads_target_labels(setup):

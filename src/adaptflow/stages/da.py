@@ -510,6 +510,8 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
             outcome.metrics[f"da/{label}/gate_score"] = reg["gate_score"]
             with runs.run(f"da/{label}-registered", tags={"adaptflow.pair": label}):
                 runs.set_tags({"adaptflow.registered_method": reg["method"]})
+                if why:  # also where a deployer looks: this run and the model version
+                    runs.set_tags({"adaptflow.da.saturated": why[:500]})
                 runs.log_metrics({f"da/gate_{cfg.selection}": reg["gate_raw"]})
                 uri = log_torch_model(to_network(reg["model"], pd), raw_target_rows(pd, 4))
             outcome.models[label] = LabelledModel(
@@ -525,7 +527,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                     "selection": f"{cfg.selection}:{cfg.select_points}",
                     "pair": json.dumps(pc.model_dump(mode="json"), sort_keys=True),
                 },
-                tags={"method": reg["method"]},
+                tags={"method": reg["method"]} | ({"saturated": why[:500]} if why else {}),
             )
         tsne(pd, models, reg, cfg, ctx.device, params.seed)
     summary = da_report.publish(records, cfg, skipped, extras)
