@@ -156,5 +156,76 @@ def show_params(overrides: SetOpt = None, params_path: ParamsOpt = Path("params.
     typer.echo(json.dumps(params.model_dump(mode="json", exclude={"profiles"}), indent=2))
 
 
+@app.command()
+def predict(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="registered model: NAME@ALIAS (e.g. adaptflow-pretrain@champion, "
+            "adaptflow-da@champion-mnist2usps), NAME/VERSION, or a models:/ or runs:/ URI",
+        ),
+    ],
+    input_path: Annotated[
+        Path, typer.Option("--input", "-i", help=".npz/.npy array, or a folder of images")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write")] = Path("preds.csv"),
+    x_key: Annotated[
+        str | None, typer.Option(help="the npz key holding the inputs (default: x)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+) -> None:
+    """Predict with a registered model: class + probabilities per row (reconstruction MSE for
+    an autoencoder), checked against the model's signature; the CSV is written atomically."""
+    configure_env(".")
+    from adaptflow import serving
+    from adaptflow.tracking.models import load_torch_model
+    from adaptflow.tracking.store import StoreError, use_store
+
+    try:
+        use_store(".")
+        uri = serving.model_uri(model)
+        shape = serving.input_shape(uri)
+        x, names = serving.read_input(input_path, shape, x_key)
+        net = load_torch_model(uri, what=model)
+        pred = serving.predict(net, x, names, batch_size)
+        serving.write_csv(pred, out)
+    except (serving.ServingError, StoreError, FileNotFoundError) as e:
+        err.print(f"[bold red]predict:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    err.print(f"{len(pred.rows)} rows ({pred.kind}) from {uri} -> {out}", highlight=False)
+
+
+@app.command("models")
+def list_models() -> None:
+    """List registered models: versions, aliases (champion...), gate decisions and reasons."""
+    configure_env(".")
+    from adaptflow.serving import registry_rows
+    from adaptflow.tracking.store import StoreError, use_store
+
+    try:
+        use_store(".")
+    except StoreError as e:
+        err.print(f"[bold red]models:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    rows = registry_rows()
+    if not rows:
+        err.print("no registered models yet: run the pipeline (`make pipeline`)")
+        return
+    table = Table("model", "version", "aliases", "gate", "reason", "tags", "run")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["version"],
+            r["aliases"],
+            r["decision"],
+            r["reason"],
+            r["tags"],
+            r["run_id"][:12],
+        )
+    Console(width=200).print(table)
+
+
 if __name__ == "__main__":
     app()

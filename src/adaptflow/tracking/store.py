@@ -73,6 +73,26 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
     return exp_id
 
 
+def use_store(root: Path | str = ".") -> str:
+    """Point MLflow at the existing store to read it (load models, list the registry): writes
+    nothing, creates no experiment. The local store must exist and be used from its root."""
+    global _OWN_URI
+    uri = _user_uri()
+    if uri is None:
+        root = Path(root).resolve()
+        db = root / "mlruns" / "mlflow.db"
+        if root != Path.cwd().resolve():
+            raise StoreError(f"the local MLflow store is read from its project root: cd {root}")
+        if not db.exists():
+            raise StoreError(
+                f"no MLflow store at {db}: run the pipeline first (`make pipeline`), or set "
+                "MLFLOW_TRACKING_URI to a tracking server"
+            )
+        uri = _OWN_URI = f"sqlite:///{db}"
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 # what MLflow or an older adaptflow made absolute: <root>/mlruns/<id> (MLflow's "Default"
 # experiment), <root>/mlruns/artifacts[/<id>] (as file:// URI or path), for THIS project's root
 # only. Any other location (another project's store that merely ends in /mlruns, a big disk)

@@ -1,0 +1,224 @@
+"""Using the registry: predictions from a registered model, and what the registry holds.
+
+`predict` loads a model through `models:/<name>@<alias>` (or `/<version>`), checks the input
+against the model's logged signature, and writes one CSV row per input: for a classifier the
+predicted class and every class probability (softmax of its scores), for an autoencoder (the
+output has the input's shape) the reconstruction MSE per row — the `ae` stage's anomaly score.
+The CSV is written to a temporary file and renamed, so a failed run leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ServingError(RuntimeError):
+    """The model or the input cannot be used as asked; the message names the fix."""
+
+
+def model_uri(model: str) -> str:
+    """`adaptflow-da@champion-mnist2usps` -> `models:/adaptflow-da@champion-mnist2usps`; a
+    `models:/`, `runs:/` or other URI is kept as it is."""
+    return model if ":/" in model else f"models:/{model}"
+
+
+def input_shape(uri: str) -> tuple[int, ...]:
+    """The per-row input shape of the logged model's signature (without the batch axis)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import get_model_info
+
+    try:
+        info = get_model_info(uri)
+    except (MlflowException, OSError) as e:
+        raise ServingError(
+            f"cannot resolve {uri} ({e}); list what is registered with `adaptflow models`"
+        ) from None
+    sig = info.signature
+    if sig is None or sig.inputs is None:
+        raise ServingError(f"{uri} has no input signature: re-log it with an input example")
+    spec = sig.inputs.inputs[0]
+    shape = getattr(spec, "shape", None)
+    if not shape or len(shape) < 2:
+        raise ServingError(f"{uri}: its signature is not a tensor batch ({spec})")
+    return tuple(int(d) for d in shape[1:])
+
+
+def read_input(path: Path, shape: tuple[int, ...], x_key: str | None = None):
+    """(rows, names): an npz / npy array or a folder of images, as float32 rows of `shape`.
+
+    uint8 arrays are scaled to [0, 1] like the pipeline's image sources; float arrays are taken
+    as they are (feature vectors stay unscaled). Images are read in the model's channel count
+    and resized to its height x width. Rows of (H, W), (1, H, W) and flat H*W are the same image
+    and are reshaped; any other mismatch is an error naming both shapes."""
+    path = Path(path)
+    if not path.exists():
+        raise ServingError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _read_images(path, shape)
+    if path.suffix not in (".npz", ".npy"):
+        raise ServingError(f"{path}: expected an .npz/.npy array or a folder of images")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ServingError(f"{path}: unreadable array file ({e})") from None
+    if isinstance(loaded, np.ndarray):
+        x = loaded
+    else:
+        keys = list(loaded.keys())
+        key = x_key or ("x" if "x" in keys else keys[0] if len(keys) == 1 else None)
+        if key not in keys:
+            raise ServingError(
+                f"{path}: which array holds the inputs? keys {keys}; pass --x-key"
+                if key is None
+                else f"{path}: no key {key!r} (keys {keys}); pass --x-key"
+            )
+        x = loaded[key]
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    if not np.issubdtype(x.dtype, np.number):
+        raise ServingError(f"{path}: inputs of dtype {x.dtype} are not numbers")
+    x = np.asarray(x, np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    x = _fit(x, shape, str(path))
+    if not np.isfinite(x).all():
+        raise ServingError(f"{path}: inputs hold NaN or infinite values")
+    return x, [str(i) for i in range(len(x))]
+
+
+def _fit(x: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """x reshaped to rows of `shape` when it is the same image in another layout."""
+    row = x.shape[1:]
+    if row == shape:
+        return x
+    same_image = math.prod(row) == math.prod(shape) and (
+        len(shape) == 1 or len(row) == 1 or (shape[0] == 1 and row == shape[1:])
+    )
+    if same_image:
+        return x.reshape(len(x), *shape)
+    raise ServingError(
+        f"{where}: rows of shape {row} do not fit the model's input {shape} (its signature); "
+        "give inputs prepared like the model's training data (same size and channels)"
+    )
+
+
+def _read_images(folder: Path, shape: tuple[int, ...]):
+    import torch
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import v2 as T
+
+    if len(shape) != 3:
+        raise ServingError(
+            f"{folder}: the model takes rows of shape {shape}, not images; give an .npz array"
+        )
+    channels, h, w = shape
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ServingError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
+    tf = T.Compose(
+        [
+            T.Grayscale(1) if channels == 1 else T.RGB(),
+            T.Resize((h, w), antialias=True),
+            T.ToImage(),
+            T.ToDtype(torch.float32, scale=True),
+        ]
+    )
+    rows = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                rows.append(tf(im.convert("RGB")))
+        except (OSError, UnidentifiedImageError) as e:
+            raise ServingError(f"{f}: unreadable image ({e}); delete or re-save it") from None
+    return torch.stack(rows).numpy(), [str(f.relative_to(folder)) for f in files]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    kind: str  # "classes" | "reconstruction"
+    columns: list[str]
+    rows: list[list]
+
+
+def predict(model, x: np.ndarray, names: list[str], batch_size: int = 256) -> Prediction:
+    """Run `model` (a torch module in eval mode) on x, batch by batch, on the CPU."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs.append(model(torch.from_numpy(x[i : i + batch_size])).float().numpy())
+    y = np.concatenate(outs)
+    if y.shape == x.shape:  # an autoencoder: the reconstruction error is the useful output
+        mse = ((y - x) ** 2).reshape(len(x), -1).mean(1)
+        return Prediction(
+            "reconstruction",
+            ["input", "reconstruction_mse"],
+            [[n, float(v)] for n, v in zip(names, mse, strict=True)],
+        )
+    if y.ndim != 2:
+        raise ServingError(
+            f"the model outputs {y.shape[1:]} per row: neither class scores nor a reconstruction"
+        )
+    p = torch.softmax(torch.from_numpy(y), dim=1).numpy()
+    cols = ["input", "prediction", "probability"] + [f"p_{k}" for k in range(p.shape[1])]
+    rows = [
+        [n, int(row.argmax()), float(row.max()), *map(float, row)]
+        for n, row in zip(names, p, strict=True)
+    ]
+    return Prediction("classes", cols, rows)
+
+
+def write_csv(pred: Prediction, out: Path) -> None:
+    """Write atomically: a temporary file beside `out`, renamed once complete."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(pred.columns)
+            w.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in pred.rows])
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def registry_rows(client=None) -> list[dict]:
+    """One dict per registered version: name, version, aliases, gate decision and reason,
+    the run it came from, and its method/label tags."""
+    from mlflow.tracking import MlflowClient
+
+    client = client or MlflowClient()
+    rows = []
+    for rm in client.search_registered_models(order_by=["name ASC"]):
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
+        versions = client.search_model_versions(f"name = '{rm.name}'")
+        for v in sorted(versions, key=lambda v: int(v.version)):
+            tags = v.tags or {}
+            rows.append(
+                {
+                    "name": rm.name,
+                    "version": str(v.version),
+                    "aliases": ", ".join(sorted(by_version.get(str(v.version), []))),
+                    "decision": tags.get("gate.decision", ""),
+                    "reason": tags.get("gate.reason", ""),
+                    "run_id": v.run_id or "",
+                    "tags": ", ".join(
+                        f"{k}={val}" for k, val in sorted(tags.items()) if not k.startswith("gate.")
+                    ),
+                }
+            )
+    return rows
