@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= default
 PORT ?= 5000
+PREFECT_PORT ?= 4200
 SET ?=
 PYTEST_ARGS ?=
 
@@ -24,7 +25,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: help
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: PROFILE=default|smoke  SET='ae.epochs=3 ae.lr=0.01'  PORT=5000"
+	@echo "  variables: PROFILE=default|smoke  SET='ae.epochs=3 ae.lr=0.01'  PORT=5000  PREFECT_PORT=4200"
 	@echo "  environment: MLFLOW_TRACKING_URI=http://host:port sends runs to a server instead of mlruns/"
 
 $(STAMP): pyproject.toml
@@ -90,6 +91,12 @@ ui: $(STAMP) ## MLflow UI on http://127.0.0.1:PORT for mlruns/ (or for MLFLOW_TR
 	  *)  echo "serving MLFLOW_TRACKING_URI=$$uri on http://127.0.0.1:$(PORT) (not mlruns/)"; \
 	      exec $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT) ;; \
 	esac
+
+.PHONY: prefect-server
+prefect-server: $(STAMP) ## a real Prefect server + UI on http://127.0.0.1:PREFECT_PORT (state in .prefect/)
+	@echo "Prefect server on http://127.0.0.1:$(PREFECT_PORT); in other shells:" \
+	  "export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api"
+	exec $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff check + format check
