@@ -191,7 +191,7 @@ def predict(
         net = load_torch_model(uri, what=model)
         pred = serving.predict(net, x, names, batch_size)
         serving.write_csv(pred, out)
-    except (serving.ServingError, StoreError, FileNotFoundError) as e:
+    except (serving.ServingError, StoreError, OSError) as e:  # FileNotFoundError too
         err.print(f"[bold red]predict:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
     err.print(f"{len(pred.rows)} rows ({pred.kind}) from {uri} -> {out}", highlight=False)

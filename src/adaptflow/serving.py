@@ -55,10 +55,12 @@ def input_shape(uri: str) -> tuple[int, ...]:
 def read_input(path: Path, shape: tuple[int, ...], x_key: str | None = None):
     """(rows, names): an npz / npy array or a folder of images, as float32 rows of `shape`.
 
-    uint8 arrays are scaled to [0, 1] like the pipeline's image sources; float arrays are taken
-    as they are (feature vectors stay unscaled). Images are read in the model's channel count
-    and resized to its height x width. Rows of (H, W), (1, H, W) and flat H*W are the same image
-    and are reshaped; any other mismatch is an error naming both shapes."""
+    For an image model (signature (C, H, W)) pixels in [0, 1] are taken as they are and pixels
+    in [0, 255] are divided by 255, as the pipeline prepares images; any other range is refused.
+    Any other model (feature vectors, sequences) gets the values unchanged: its own
+    preprocessing (e.g. the da stage's z-scoring) is inside the served network. Images from a
+    folder are read in the model's channel count and resized to its height x width. See `_fit`
+    for the row layouts accepted."""
     path = Path(path)
     if not path.exists():
         raise ServingError(f"{path}: no such file or folder")
@@ -82,28 +84,47 @@ def read_input(path: Path, shape: tuple[int, ...], x_key: str | None = None):
                 else f"{path}: no key {key!r} (keys {keys}); pass --x-key"
             )
         x = loaded[key]
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
     if not np.issubdtype(x.dtype, np.number):
         raise ServingError(f"{path}: inputs of dtype {x.dtype} are not numbers")
     x = np.asarray(x, np.float32)
     if x.ndim == 1:
         x = x[None]
+    if len(x) == 0:
+        raise ServingError(f"{path}: no rows to predict")
     x = _fit(x, shape, str(path))
     if not np.isfinite(x).all():
         raise ServingError(f"{path}: inputs hold NaN or infinite values")
+    if len(shape) == 3:
+        x = _unit_pixels(x, str(path))
     return x, [str(i) for i in range(len(x))]
 
 
+def _unit_pixels(x: np.ndarray, where: str) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= 1:
+        return x
+    if lo >= 0 and hi <= 255:
+        return x / 255.0
+    raise ServingError(
+        f"{where}: pixel values run {lo:g}..{hi:g}; an image model takes [0, 1] or [0, 255] "
+        "pixels: rescale the inputs like the model's training images"
+    )
+
+
+def _squeezed(shape) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
 def _fit(x: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """x reshaped to rows of `shape` when it is the same image in another layout."""
+    """x reshaped to rows of `shape` when they hold the same values in the same order: rows
+    that differ only by axes of size 1 ((H, W) for (1, H, W), (1, D) for (D,)), and flat rows
+    of H*W values for a one-channel image model. Anything else (other sizes, channel-last or
+    flattened colour images) is an error naming both shapes."""
     row = x.shape[1:]
     if row == shape:
         return x
-    same_image = math.prod(row) == math.prod(shape) and (
-        len(shape) == 1 or len(row) == 1 or (shape[0] == 1 and row == shape[1:])
-    )
-    if same_image:
+    flat_gray = len(shape) == 3 and shape[0] == 1 and row == (math.prod(shape),)
+    if _squeezed(row) == _squeezed(shape) or flat_gray:
         return x.reshape(len(x), *shape)
     raise ServingError(
         f"{where}: rows of shape {row} do not fit the model's input {shape} (its signature); "
@@ -132,6 +153,8 @@ def _read_images(folder: Path, shape: tuple[int, ...]):
             T.ToDtype(torch.float32, scale=True),
         ]
     )
+    if channels not in (1, 3):
+        raise ServingError(f"{folder}: the model takes {channels}-channel images; give an .npz")
     rows = []
     for f in files:
         try:
@@ -181,9 +204,14 @@ def predict(model, x: np.ndarray, names: list[str], batch_size: int = 256) -> Pr
 def write_csv(pred: Prediction, out: Path) -> None:
     """Write atomically: a temporary file beside `out`, renamed once complete."""
     out = Path(out)
+    if out.is_dir():
+        raise ServingError(f"--out {out} is a folder; give a file name, e.g. {out / 'preds.csv'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a CSV is shared
         with os.fdopen(fd, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(pred.columns)
@@ -200,25 +228,37 @@ def registry_rows(client=None) -> list[dict]:
     from mlflow.tracking import MlflowClient
 
     client = client or MlflowClient()
-    rows = []
-    for rm in client.search_registered_models(order_by=["name ASC"]):
-        by_version: dict[str, list[str]] = {}
+    aliases: dict[tuple[str, str], list[str]] = {}
+    for rm in _all(client.search_registered_models):
         for alias, version in (rm.aliases or {}).items():
-            by_version.setdefault(str(version), []).append(alias)
-        versions = client.search_model_versions(f"name = '{rm.name}'")
-        for v in sorted(versions, key=lambda v: int(v.version)):
-            tags = v.tags or {}
-            rows.append(
-                {
-                    "name": rm.name,
-                    "version": str(v.version),
-                    "aliases": ", ".join(sorted(by_version.get(str(v.version), []))),
-                    "decision": tags.get("gate.decision", ""),
-                    "reason": tags.get("gate.reason", ""),
-                    "run_id": v.run_id or "",
-                    "tags": ", ".join(
-                        f"{k}={val}" for k, val in sorted(tags.items()) if not k.startswith("gate.")
-                    ),
-                }
-            )
+            aliases.setdefault((rm.name, str(version)), []).append(alias)
+    rows = []
+    # one unfiltered, paged search: a filter would have to quote names (a ' is a legal name)
+    versions = _all(client.search_model_versions)
+    for v in sorted(versions, key=lambda v: (v.name, int(v.version))):
+        tags = v.tags or {}
+        rows.append(
+            {
+                "name": v.name,
+                "version": str(v.version),
+                "aliases": ", ".join(sorted(aliases.get((v.name, str(v.version)), []))),
+                "decision": tags.get("gate.decision", ""),
+                "reason": tags.get("gate.reason", ""),
+                "run_id": v.run_id or "",
+                "tags": ", ".join(
+                    f"{k}={val}" for k, val in sorted(tags.items()) if not k.startswith("gate.")
+                ),
+            }
+        )
     return rows
+
+
+def _all(search) -> list:
+    """Every page of an MLflow client search."""
+    out, token = [], None
+    while True:
+        page = search(max_results=1000, page_token=token)
+        out += list(page)
+        token = page.token
+        if not token:
+            return out
