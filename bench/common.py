@@ -38,7 +38,7 @@ def bench_args(doc: str, argv: list[str] | None, profile: str | None = None, ext
     return args
 
 
-def run_stage(stage: str, params, *, progress: bool = True, **upstream):
+def run_stage(stage: str, params, **upstream):
     """Execute `stage` recomputed (cache ignored) in the current directory's store.
 
     `upstream` is passed to the StageContext (`upstream_keys`, `upstream`). Returns the
@@ -52,7 +52,6 @@ def run_stage(stage: str, params, *, progress: bool = True, **upstream):
         Path("."),
         configure(".", params.experiment),
         device,
-        progress=progress,
         force=True,
         **upstream,
     )

@@ -135,7 +135,8 @@ def _fit(x: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
 def _read_images(folder: Path, shape: tuple[int, ...]):
     import torch
     from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms import v2 as T
+
+    from adaptflow.data.files import image_transform
 
     if len(shape) != 3:
         raise ServingError(
@@ -145,16 +146,9 @@ def _read_images(folder: Path, shape: tuple[int, ...]):
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ServingError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
-    tf = T.Compose(
-        [
-            T.Grayscale(1) if channels == 1 else T.RGB(),
-            T.Resize((h, w), antialias=True),
-            T.ToImage(),
-            T.ToDtype(torch.float32, scale=True),
-        ]
-    )
     if channels not in (1, 3):
         raise ServingError(f"{folder}: the model takes {channels}-channel images; give an .npz")
+    tf = image_transform(channels, h, w)  # as `prepare` reads an image folder
     rows = []
     for f in files:
         try:

@@ -185,15 +185,17 @@ def test_publish_counts_holm_corrected_claims(monkeypatch):
 def test_a_loss_criterion_on_a_solved_source_is_flagged_as_saturated(source_val, selection, warned):
     st = [(0.5, 1.8, 0.3, source_val)] * 3
     df = records({"source_only": BASE, "self_training": st})
-    lines = da_report.registration_note(df, "p", "self_training", selection)
+    why = da_report.saturation(df, "p", "self_training", selection)
+    assert (why is not None) == warned
+    lines = da_report.registration_note("self_training", selection, why)
     assert lines[0].startswith("Registered: **self_training**")
     assert any(line.startswith("Warning:") for line in lines) == warned
     if warned:
         assert f"{100 * source_val:.1f} %" in lines[2] and "da.methods" in lines[2]
-    assert da_report.registration_note(df, "p", None, selection) == []
-    # label-free: what the target labels say changes nothing in the note
+    assert da_report.registration_note(None, selection, why) == []
+    # label-free: what the target labels say changes nothing in the verdict
     relabelled = df.assign(target_acc=0.99, oracle_selected_acc=0.99, source_test_acc=0.99)
-    assert da_report.registration_note(relabelled, "p", "self_training", selection) == lines
+    assert da_report.saturation(relabelled, "p", "self_training", selection) == why
 
 
 def test_the_ess_warning_looks_at_every_seed_not_the_mean():

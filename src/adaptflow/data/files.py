@@ -235,21 +235,29 @@ def _folder_label_values(classes: list[str], offset: int, root: Path) -> list:
     return list(classes)
 
 
-@SOURCES.register("image_folder")
-def image_folder(cfg, seed: int) -> Split:
+def image_transform(channels: int, h: int, w: int):
+    """PIL image -> float tensor (channels, h, w) in [0, 1]: how an image folder is read by
+    `prepare` and by `adaptflow predict` alike."""
     import torch
-    from torchvision import datasets
     from torchvision.transforms import v2 as T
 
-    root = _exists(cfg.path, "image_folder")
-    tf = T.Compose(
+    return T.Compose(
         [
-            T.Grayscale(1) if cfg.channels == 1 else T.RGB(),
-            T.Resize((cfg.size, cfg.size), antialias=True),
+            T.Grayscale(1) if channels == 1 else T.RGB(),
+            T.Resize((h, w), antialias=True),
             T.ToImage(),
             T.ToDtype(torch.float32, scale=True),
         ]
     )
+
+
+@SOURCES.register("image_folder")
+def image_folder(cfg, seed: int) -> Split:
+    import torch
+    from torchvision import datasets
+
+    root = _exists(cfg.path, "image_folder")
+    tf = image_transform(cfg.channels, cfg.size, cfg.size)
     try:
         ds = datasets.ImageFolder(str(root), transform=tf)
     except (FileNotFoundError, RuntimeError) as e:

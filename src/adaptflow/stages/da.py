@@ -504,6 +504,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
             why = da_report.saturation(
                 pandas.DataFrame(records), label, reg["method"], cfg.selection
             )
+            extras[label]["saturated"] = why
             if why:
                 log.warning("da %s: %s", label, why)
                 runs.set_tags({f"adaptflow.da.saturated.{label}": why[:500]})

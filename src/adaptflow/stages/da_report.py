@@ -260,8 +260,9 @@ def saturation(df: pd.DataFrame, pair: str, method: str, selection: str) -> str 
     )
 
 
-def registration_note(df: pd.DataFrame, pair: str, registered: str | None, selection: str):
-    """The report's lines on what was registered for `pair` and whether it can be trusted."""
+def registration_note(registered: str | None, selection: str, why: str | None):
+    """The report's lines on what was registered for a pair and, when `saturation` gave a
+    reason (`why`), why its ranking cannot be trusted."""
     if registered is None:
         return []
     lines = [
@@ -269,7 +270,6 @@ def registration_note(df: pd.DataFrame, pair: str, registered: str | None, selec
         "its gate is the same criterion on the gate half).",
         "",
     ]
-    why = saturation(df, pair, registered, selection)
     return lines + ([f"Warning: {why}", ""] if why else [])
 
 
@@ -347,7 +347,9 @@ def publish(records: list[dict], cfg, skipped: dict[str, str], extras: dict) -> 
                 *method_table(agg, label, pc.reference),
                 "",
                 *weight_note(df, label),
-                *registration_note(df, label, extras[label].get("registered"), cfg.selection),
+                *registration_note(
+                    extras[label].get("registered"), cfg.selection, extras[label].get("saturated")
+                ),
             ]
             summary[f"da/{label}/input_pad"] = extras[label]["inputs"]["pad"]
             for (p, m), r in agg.loc[[label]].iterrows():

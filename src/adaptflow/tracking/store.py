@@ -44,22 +44,12 @@ def _user_uri() -> str | None:
 def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    global _OWN_URI
     root = Path(root).resolve()
     uri = _user_uri()
     own = uri is None
     if own:
-        if root != Path.cwd().resolve():
-            # artifact links are relative: they would point under the cwd, not under root
-            raise StoreError(
-                f"the local MLflow store is used from its project root only (its artifact links "
-                f"are relative to it): cd {root} first. To load a registered model from another "
-                "directory, chdir to the project root before mlflow.pyfunc.load_model("
-                "'models:/<name>/<version>'), or serve the store with `mlflow server` and set "
-                "MLFLOW_TRACKING_URI to it"
-            )
         (root / "mlruns").mkdir(parents=True, exist_ok=True)
-        uri = _OWN_URI = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+        uri = _local_db(root)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
@@ -76,21 +66,34 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
 def use_store(root: Path | str = ".") -> str:
     """Point MLflow at the existing store to read it (load models, list the registry): writes
     nothing, creates no experiment. The local store must exist and be used from its root."""
-    global _OWN_URI
     uri = _user_uri()
     if uri is None:
-        root = Path(root).resolve()
-        db = root / "mlruns" / "mlflow.db"
-        if root != Path.cwd().resolve():
-            raise StoreError(f"the local MLflow store is read from its project root: cd {root}")
+        db = Path(root).resolve() / "mlruns" / "mlflow.db"
         if not db.exists():
             raise StoreError(
                 f"no MLflow store at {db}: run the pipeline first (`make pipeline`), or set "
                 "MLFLOW_TRACKING_URI to a tracking server"
             )
-        uri = _OWN_URI = f"sqlite:///{db}"
+        uri = _local_db(root)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def _local_db(root: Path | str) -> str:
+    """The sqlite URI of <root>/mlruns/mlflow.db, remembered as ours; only from the project root
+    (artifact links are relative to it: they would point under the cwd, not under root)."""
+    global _OWN_URI
+    root = Path(root).resolve()
+    if root != Path.cwd().resolve():
+        raise StoreError(
+            f"the local MLflow store is used from its project root only (its artifact links "
+            f"are relative to it): cd {root} first. To load a registered model from another "
+            "directory, chdir to the project root before mlflow.pyfunc.load_model("
+            "'models:/<name>/<version>'), or serve the store with `mlflow server` and set "
+            "MLFLOW_TRACKING_URI to it"
+        )
+    _OWN_URI = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    return _OWN_URI
 
 
 # what MLflow or an older adaptflow made absolute: <root>/mlruns/<id> (MLflow's "Default"
