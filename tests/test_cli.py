@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from adaptflow.config import load_params
 from adaptflow.data import prepare_all
@@ -51,6 +52,11 @@ def test_cli_exits_2_and_creates_no_run(project):
         (
             ["--stage", "pretrain", "--set", "pretrain.dataset=mnist1d"],
             "pretrain.dataset = 'mnist1d': a sequence source",
+        ),
+        pytest.param(  # at once: before the first stage loads its data or trains
+            ["--set", "device=cuda"],
+            "device: 'cuda' asked for but no CUDA GPU is visible",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present"),
         ),
     ],
 )

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from adaptflow.config import ParamsError
 from adaptflow.training import (
     CheckpointError,
     EarlyStopping,
@@ -136,9 +137,9 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expe
 def test_explicit_device_is_kept_or_refused_with_a_fix(monkeypatch):
     fake_accelerators(monkeypatch, cuda=False, mps=False)
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="no CUDA GPU is visible; use device: auto"):
+    with pytest.raises(ParamsError, match=r"no CUDA GPU is visible .*; use device: auto"):
         resolve_device("cuda")
-    with pytest.raises(RuntimeError, match="MPS is not available; use device: auto"):
+    with pytest.raises(ParamsError, match="MPS is not available; use device: auto"):
         resolve_device("mps")
     fake_accelerators(monkeypatch, cuda=True, mps=True)
     assert resolve_device("cpu") == torch.device("cpu")  # cpu asked, cpu given

@@ -195,7 +195,11 @@ CHECKS: dict[str, Callable[[Params], None]] = {
 
 
 def check_against_data(params: Params, stages: list[str]) -> None:
-    """Raise ParamsError for the first param of `stages` the prepared data cannot satisfy."""
+    """Raise ParamsError for the first param of `stages` the prepared data (or the machine:
+    `device: cuda` without a GPU) cannot satisfy."""
+    from adaptflow.training.device import resolve_device
+
+    resolve_device(params.device)  # at once, before any run; not after the first stage's data
     for stage in stages:
         check = CHECKS.get(stage)
         if check is not None:

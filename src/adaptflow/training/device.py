@@ -8,6 +8,12 @@ import random
 import numpy as np
 import torch
 
+from adaptflow.config import ParamsError
+
+
+class DeviceUnavailableError(ParamsError):
+    """`device` names an accelerator this machine does not have (a param to change: exit 2)."""
+
 
 def resolve_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
@@ -17,9 +23,14 @@ def resolve_device(preference: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for but no CUDA GPU is visible; use device: auto")
+        raise DeviceUnavailableError(
+            "device: 'cuda' asked for but no CUDA GPU is visible "
+            "(torch.cuda.is_available() is False); use device: auto (or cpu)"
+        )
     if preference == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device 'mps' asked for but MPS is not available; use device: auto")
+        raise DeviceUnavailableError(
+            "device: 'mps' asked for but MPS is not available; use device: auto (or cpu)"
+        )
     return torch.device(preference)
 
 
