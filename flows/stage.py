@@ -8,6 +8,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.config import load_params
+from adaptflow.retry import retry_transient
 
 
 @task(name="check-inputs", cache_policy=NO_CACHE)
@@ -78,7 +79,13 @@ def stage_flow(stage: str):
     ) -> dict:
         overrides = list(overrides or [])
         check_inputs(stage, params_path, overrides)
-        return run_stage_task(
+        retries = load_params(params_path, overrides).retries
+        run = run_stage_task.with_options(
+            retries=retries.count,
+            retry_delay_seconds=retries.delay_seconds,
+            retry_condition_fn=retry_transient,  # never bad params, bad data or a NaN loss
+        )
+        return run(
             stage,
             params_path,
             overrides,

@@ -684,6 +684,46 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     ]
 
 
+# ---------------------------------------------------------------- orchestration
+class RetryConfig(Frozen):
+    """Prefect retries of a stage task, for transient failures only (adaptflow.retry)."""
+
+    count: int = Field(2, ge=0, le=20, description="retries after the first attempt (0: none)")
+    delay_seconds: float = Field(30.0, ge=0, le=3600, description="wait before each retry")
+
+
+class ScheduleConfig(Frozen):
+    """The pipeline served as a Prefect deployment (`make schedule`, flows/schedule.py)."""
+
+    name: str = Field("nightly", pattern=r"^[A-Za-z0-9_-]+$", description="deployment name")
+    cron: str = Field("0 2 * * *", min_length=1, description="when, as a cron expression")
+    timezone: str = Field("UTC", description="an IANA time zone the cron is read in")
+    profile: str = Field("default", description="the profile each scheduled run uses")
+    overrides: list[str] = Field(default_factory=list, description="--set KEY=VALUE of each run")
+    stages: list[str] | None = Field(None, description="only these stages (None: all)")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (IANA names, e.g. UTC, Europe/Berlin)")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _key_values(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if "=" not in item:
+                raise ValueError(f"{item!r} is not KEY=VALUE")
+            if item.split("=", 1)[0].strip() == "profile":
+                raise ValueError("set the profile with schedule.profile, not in overrides")
+        return v
+
+
 class Params(Frozen):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -700,7 +740,18 @@ class Params(Frozen):
     features: FeaturesStageConfig = Field(default_factory=FeaturesStageConfig)
     finetune: FinetuneStageConfig = Field(default_factory=FinetuneStageConfig)
     da: DAStageConfig = Field(default_factory=DAStageConfig)
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _schedule_profile(self) -> Params:
+        if self.schedule.profile != "default" and self.schedule.profile not in self.profiles:
+            valid = ", ".join(["default", *sorted(self.profiles)])
+            raise ValueError(
+                f"schedule.profile: unknown profile {self.schedule.profile!r}; valid: {valid}"
+            )
+        return self
 
     def stage(self, name: str) -> Frozen:
         return getattr(self, name)
@@ -760,6 +811,9 @@ def _format_error(err: ValidationError) -> str:
             lines.append(f"{path}: unknown key (check spelling; see params.yaml for valid keys)")
             continue
         msg = e["msg"].removeprefix("Value error, ")
+        if not loc:  # a rule across sections: its message names the keys (the input is all)
+            lines.append(msg)
+            continue
         lines.append(f"{path} = {e.get('input')!r}: {msg}")
     return "invalid params:\n  " + "\n  ".join(lines)
 

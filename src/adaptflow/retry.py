@@ -1,0 +1,76 @@
+"""Which failures a stage task may retry: transient ones only (params `retries`).
+
+A retry is worth it when the same call can succeed a minute later: the tracking server or its
+database was unreachable or busy (`database is locked` on a shared sqlite store, a dropped
+connection, a 5xx/429 from an MLflow server). Everything else fails the same way again, so it is
+never retried: bad params, bad or missing data, a NaN loss, a bad checkpoint, a bug. The rule is
+an allow-list: an error is transient only when it (or an error it was raised from) is one of
+the kinds above.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+# MLflow's error codes of a server that may answer later (mlflow.protos.databricks_pb2 names;
+# not INTERNAL_ERROR: it is every MlflowException's default code, bugs included)
+TRANSIENT_MLFLOW_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
+# what a busy or unreachable database says through SQLAlchemy / MLflow's wrapping of it
+TRANSIENT_DB_TEXT = (
+    "database is locked",
+    "database is busy",
+    "could not connect to server",
+    "connection refused",
+    "server closed the connection unexpectedly",
+    "connection reset",
+)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _one_is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError):  # builtins: refused, reset, timed out
+        return True
+    try:  # requests' ConnectionError/Timeout are not the builtins (MLflow's REST client)
+        import requests
+
+        if isinstance(exc, requests.ConnectionError | requests.Timeout):
+            return True
+    except ImportError:  # pragma: no cover - mlflow depends on requests
+        pass
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(t in text for t in TRANSIENT_DB_TEXT)
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if kind.startswith("sqlalchemy.exc.") and "OperationalError" in kind:
+        return any(t in text for t in TRANSIENT_DB_TEXT)
+    if kind.startswith("mlflow.exceptions."):
+        code = getattr(exc, "error_code", "")
+        return code in TRANSIENT_MLFLOW_CODES or any(t in text for t in TRANSIENT_DB_TEXT)
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when `exc`, or an error in its cause chain, is a transient failure (see above).
+    A deterministic error anywhere in the chain (params, data, a NaN loss) wins: no retry."""
+    from adaptflow.config import ParamsError
+    from adaptflow.data import DataError
+    from adaptflow.training.trainer import NonFiniteLossError
+
+    chain = list(_chain(exc))
+    if any(isinstance(e, ParamsError | DataError | NonFiniteLossError) for e in chain):
+        return False
+    return any(_one_is_transient(e) for e in chain)
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect's `retry_condition_fn`: retry the failed task run only on a transient error."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_transient(exc)

@@ -1,0 +1,126 @@
+"""Stage tasks retry transient failures (params `retries`), never deterministic ones."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import requests
+import sqlalchemy.exc
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+from prefect.testing.utilities import prefect_test_harness
+
+from adaptflow.config import ParamsError, load_params
+from adaptflow.data import DataError, prepare_all
+from adaptflow.retry import is_transient
+from adaptflow.training.trainer import NonFiniteLossError
+
+
+def raised_from(outer: BaseException, inner: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as e:
+            raise outer from e
+    except BaseException as e:
+        return e
+
+
+def locked() -> sqlalchemy.exc.OperationalError:
+    return sqlalchemy.exc.OperationalError(
+        "INSERT", {}, sqlite3.OperationalError("database is locked")
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (ConnectionRefusedError("[Errno 111] Connection refused"), True),
+        (TimeoutError("timed out"), True),
+        (requests.ConnectionError("Max retries exceeded"), True),
+        (requests.Timeout("read timed out"), True),
+        (sqlite3.OperationalError("database is locked"), True),
+        (locked(), True),
+        (MlflowException(f"(sqlite3.OperationalError) database is locked {locked()}"), True),
+        (MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE), True),
+        (raised_from(RuntimeError("logging failed"), ConnectionResetError()), True),
+        # deterministic: the same call fails the same way again
+        (sqlite3.OperationalError("no such table: runs"), False),
+        (MlflowException("bad param", error_code=INVALID_PARAMETER_VALUE), False),
+        (MlflowException("a bug in a plugin"), False),  # INTERNAL_ERROR, the default code
+        (ParamsError("ae.epochs = -1"), False),
+        (DataError("data/prepared/mnist.npz: digest mismatch"), False),
+        (NonFiniteLossError("loss is nan at step 3"), False),
+        (FileNotFoundError("params.yaml"), False),
+        (ValueError("shapes do not match"), False),
+        (RuntimeError("CUDA error: an illegal memory access"), False),
+        # a NaN loss that also broke a connection on the way out is still a NaN loss
+        (raised_from(ConnectionError("lost"), NonFiniteLossError("nan")), False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_only_transient_errors_are_retried(exc, transient):
+    assert is_transient(exc) is transient
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def stage_project(project, harness):
+    prepare_all(load_params("params.yaml"), ["mnist"], log=lambda m: None)
+    return project
+
+
+class Done:
+    def to_dict(self) -> dict:
+        return {"ok": True}
+
+
+def flaky_execute(monkeypatch, errors: list[BaseException]) -> list[int]:
+    """`adaptflow.stages.execute` raising `errors` in turn, then succeeding; returns the calls."""
+    import adaptflow.stages
+
+    calls: list[int] = []
+
+    def execute(stage, params, ctx):
+        calls.append(1)
+        if len(calls) <= len(errors):
+            raise errors[len(calls) - 1]
+        return Done()
+
+    monkeypatch.setattr(adaptflow.stages, "execute", execute)
+    return calls
+
+
+def run_ae(overrides: list[str]):
+    from flows.ae import ae_flow
+
+    return ae_flow("params.yaml", overrides, ".", None, False, False, {}, {})
+
+
+def test_a_transient_failure_is_retried_until_it_succeeds(stage_project, monkeypatch):
+    calls = flaky_execute(monkeypatch, [locked(), ConnectionRefusedError("refused")])
+    assert run_ae(["retries.count=2", "retries.delay_seconds=0"]) == {"ok": True}
+    assert len(calls) == 3
+
+
+def test_retries_stop_at_the_count(stage_project, monkeypatch):
+    calls = flaky_execute(monkeypatch, [ConnectionRefusedError("refused")] * 5)
+    with pytest.raises(ConnectionRefusedError):
+        run_ae(["retries.count=1", "retries.delay_seconds=0"])
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "error", [NonFiniteLossError("loss is nan at step 3"), ParamsError("ae.lr"), ValueError("bug")]
+)
+def test_a_deterministic_failure_is_not_retried(stage_project, monkeypatch, error):
+    calls = flaky_execute(monkeypatch, [error])
+    with pytest.raises(type(error)):
+        run_ae(["retries.count=3", "retries.delay_seconds=0"])
+    assert len(calls) == 1
