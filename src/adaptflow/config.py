@@ -710,7 +710,9 @@ class ScheduleConfig(Frozen):
         try:
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r} (IANA names, e.g. UTC, Europe/Berlin)")
+            raise ValueError(
+                f"unknown time zone {v!r} (IANA names, e.g. UTC, Europe/Berlin)"
+            ) from None
         return v
 
     @field_validator("overrides")
