@@ -98,6 +98,18 @@ prefect-server: $(STAMP) ## a real Prefect server + UI on http://127.0.0.1:PREFE
 	  "export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api"
 	exec $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
+# `make schedule` / `schedule-once` talk to the server of `make prefect-server` unless
+# PREFECT_API_URL points elsewhere
+SCHEDULE_API = PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}
+
+.PHONY: schedule
+schedule: data ## serve the pipeline on params.yaml's schedule (cron) as a Prefect deployment
+	$(SCHEDULE_API) exec $(BIN)/python -m flows.schedule serve
+
+.PHONY: schedule-once
+schedule-once: $(STAMP) ## a run of the served deployment now; waits for it (exit 1 unless Completed)
+	$(SCHEDULE_API) $(BIN)/python -m flows.schedule once
+
 .PHONY: lint
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check src flows tests bench

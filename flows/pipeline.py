@@ -72,6 +72,7 @@ def pipeline_flow(
         "adaptflow.profile": params.profile,
         "adaptflow.seed": str(params.seed),
         "adaptflow.git_commit": runs.git_commit(root),
+        **prefect_tags(),
     }
     with runs.run(f"pipeline-{params.profile}", tags=tags, experiment_id=experiment_id) as parent:
         runs.log_params(
@@ -105,6 +106,17 @@ def pipeline_flow(
     else:
         log.info("%s not written: %s", metrics_path(root, params.profile), skip)
     return outcomes
+
+
+def prefect_tags() -> dict[str, str]:
+    """The Prefect flow run behind this pipeline run (and its deployment when scheduled or
+    triggered through one): the link between the Prefect UI and the MLflow UI."""
+    from prefect.runtime import deployment, flow_run
+
+    tags = {"adaptflow.prefect_flow_run": str(flow_run.id or "")}
+    if deployment.name:
+        tags["adaptflow.prefect_deployment"] = f"{flow_run.flow_name}/{deployment.name}"
+    return tags
 
 
 def upstream_ref(outcome: dict) -> dict:
