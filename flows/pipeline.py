@@ -73,6 +73,8 @@ def pipeline_flow(
         "adaptflow.seed": str(params.seed),
         "adaptflow.git_commit": runs.git_commit(root),
         **prefect_tags(),
+        runs.NOTE: f"adaptflow pipeline, profile {params.profile}, stages {', '.join(chosen)}"
+        + (f", overrides {' '.join(overrides)}" if overrides else ""),
     }
     with runs.run(f"pipeline-{params.profile}", tags=tags, experiment_id=experiment_id) as parent:
         runs.log_params(

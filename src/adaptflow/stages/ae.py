@@ -46,6 +46,7 @@ from adaptflow.stages.base import (
     StageOutcome,
     StageSpec,
     claims_table,
+    log_claims,
     split_fingerprint,
     split_train_val,
 )
@@ -612,6 +613,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     sweep_df = sweep_table(sweep, ae_val, cfg) if sweep else None
     text = report(df, noise_df, claims, cfg, cfg.dataset, clf_acc, sweep_df)
     runs.log_text(text, "ae/comparison.md")
+    log_claims("ae", claims)
     runs.log_text(df.to_csv(), "ae/comparison.csv")
     runs.log_text(noise_df.to_csv(), "ae/denoising.csv")
     if ctx.parent_run_id:  # the table belongs on the pipeline run too

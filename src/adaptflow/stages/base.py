@@ -134,6 +134,7 @@ class StageOutcome:
 STAGES: Registry[StageSpec] = Registry("stage")
 
 Claim = tuple[str, str, str]  # (the seed's claim, what was measured, verdict)
+PAIRED = "measured (mean ± 95 % CI of the paired difference)"
 
 
 def claims_table(claims: list[Claim], measured: str = "measured") -> list[str]:
@@ -145,6 +146,16 @@ def claims_table(claims: list[Claim], measured: str = "measured") -> list[str]:
         "|---|---|---|",
         *[f"| {c} | {m} | {v} |" for c, m, v in claims],
     ]
+
+
+def log_claims(stage: str, claims: list[Claim], measured: str = "measured") -> None:
+    """`<stage>/claims.json` on the active run: the verdict table as data (what `adaptflow
+    compare` reads; the Markdown report is for people)."""
+    from adaptflow.tracking import runs
+
+    rows = [{"claim": c, "measured": m, "verdict": v} for c, m, v in claims]
+    body = {"stage": stage, "measured": measured, "claims": rows}
+    runs.log_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", f"{stage}/claims.json")
 
 
 def split_train_val(n: int, val_fraction: float, max_train: int | None, seed: int):
@@ -294,6 +305,8 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
         cached = None
     tags = {
         runs.TAG_STAGE: name,
+        "adaptflow.kind": "stage",
+        runs.NOTE: f"stage {name} ({spec.selection})",
         runs.TAG_KEY: key,
         runs.TAG_HIT: str(cached is not None).lower(),
         "adaptflow.seed": str(params.seed),

@@ -509,7 +509,10 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                 log.warning("da %s: %s", label, why)
                 runs.set_tags({f"adaptflow.da.saturated.{label}": why[:500]})
             outcome.metrics[f"da/{label}/gate_score"] = reg["gate_score"]
-            with runs.run(f"da/{label}-registered", tags={"adaptflow.pair": label}):
+            with runs.run(
+                f"da/{label}-registered",
+                tags={"adaptflow.pair": label, "adaptflow.kind": "registered"},
+            ):
                 runs.set_tags({"adaptflow.registered_method": reg["method"]})
                 if why:  # also where a deployer looks: this run and the model version
                     runs.set_tags({"adaptflow.da.saturated": why[:500]})

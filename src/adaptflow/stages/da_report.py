@@ -23,7 +23,7 @@ from __future__ import annotations
 import pandas as pd
 
 from adaptflow.evaluation.verdicts import FEW_SEEDS, HOLDS, PairedResult, holm, paired_verdict
-from adaptflow.stages.base import claims_table
+from adaptflow.stages.base import PAIRED, claims_table, log_claims
 
 BASELINE, ORACLE = "source_only", "target_oracle"
 COLLAPSED = "not shown: features collapsed"  # neither a gain nor the baseline being better
@@ -361,7 +361,8 @@ def publish(records: list[dict], cfg, skipped: dict[str, str], extras: dict) -> 
         (c, m, r.verdict if h == r.verdict else f"{r.verdict} (Holm: {h})")
         for (c, m, r), h in zip(all_claims, corrected, strict=True)
     ]
-    text += claims_table(rows, "measured (mean ± 95 % CI of the paired difference)")
+    text += claims_table(rows, PAIRED)
+    log_claims("da", rows, PAIRED)
     n = len(all_claims)
     text += [
         "",

@@ -286,7 +286,10 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
         )
         summary[f"finetune/{label}/gate_val_acc"] = pick["gate_acc"]
         summary |= {f"finetune/{label}/pick_acc/{a}": v for a, v in pick["pick_accs"].items()}
-        with runs.run(f"finetune/{label}-registered", tags={"adaptflow.backbone": label}):
+        with runs.run(
+            f"finetune/{label}-registered",
+            tags={"adaptflow.backbone": label, "adaptflow.kind": "registered"},
+        ):
             runs.set_tags(
                 {"adaptflow.registered_arm": pick["arm"], "adaptflow.features_from": where}
             )

@@ -42,6 +42,7 @@ from adaptflow.stages.base import (
     StageOutcome,
     StageSpec,
     claims_table,
+    log_claims,
     split_fingerprint,
 )
 from adaptflow.stages.budget import (
@@ -63,6 +64,9 @@ SELECTION = (
     "registered (greedy, f=1, first seed) model's accuracy on the monitor split, inside its "
     "budget at f=1 and used by no selection; test data selects nothing"
 )
+
+
+PRETRAIN_MEASURED = "measured (greedy vs random; mean ± 95 % CI of the paired difference)"
 
 
 def protocol(cfg) -> str:
@@ -240,9 +244,7 @@ def report(df, agg, claims, cfg, dataset: str, plan: DataPlan, pretrain_seconds:
                 "",
                 *gain_rows,
                 "",
-                *claims_table(
-                    claims, "measured (greedy vs random; mean ± 95 % CI of the paired difference)"
-                ),
+                *claims_table(claims, PRETRAIN_MEASURED),
                 "",
                 "Reference (full 60k MNIST, test error): deep net without pretraining 1.6-1.9 %, SAE-3 1.40 %, "
                 "SDAE-3 1.28 %, DBN 1.2 % (Bengio et al. 2007; Vincent et al. 2010). Ours uses the 5,000-image subset.",
@@ -281,7 +283,11 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     for seed in cfg.seeds:
         with runs.run(
             f"pretrain/greedy-s{seed}",
-            tags={"adaptflow.phase": "pretrain", "adaptflow.seed": str(seed)},
+            tags={
+                "adaptflow.phase": "pretrain",
+                "adaptflow.kind": "phase",
+                "adaptflow.seed": str(seed),
+            },
         ):
             runs.log_params(
                 {"layer_method": cfg.layer_method, "seed": seed, **options.model_dump(mode="json")}
@@ -385,6 +391,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     claims = verdicts(df, cfg)
     text = report(df, agg, claims, cfg, cfg.dataset, plan, float(np.mean(pretrain_seconds)))
     runs.log_text(text, "pretrain/verdict.md")
+    log_claims("pretrain", claims, PRETRAIN_MEASURED)
     runs.log_text(df.to_csv(index=False), "pretrain/runs.csv")
     runs.log_text(agg.to_csv(), "pretrain/summary.csv")
     if ctx.parent_run_id:

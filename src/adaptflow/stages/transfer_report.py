@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from adaptflow.evaluation.verdicts import FAILS, FEW_SEEDS, NOISE, all_of, paired_verdict
-from adaptflow.stages.base import claims_table
+from adaptflow.stages.base import PAIRED, claims_table, log_claims
 from adaptflow.stages.budget import chance_threshold, epochs_to_reach
 
 SCALARS = (
@@ -259,6 +259,7 @@ def publish(
     flat = df.drop(columns=["curve", "epoch_times"])
     runs.log_text(flat.to_csv(index=False), "finetune/runs.csv")
     runs.log_text(agg.to_csv(), "finetune/summary.csv")
+    log_claims("finetune", claims, PAIRED)
     text = "\n".join(
         [
             f"# Transfer learning on `{sweep.target}`: feature extraction vs fine-tuning vs scratch",
@@ -292,7 +293,7 @@ def publish(
             "",
             *arm_table(agg),
             "",
-            *claims_table(claims, "measured (mean ± 95 % CI of the paired difference)"),
+            *claims_table(claims, PAIRED),
             "",
         ]
     )

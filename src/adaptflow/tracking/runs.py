@@ -77,7 +77,10 @@ def run(
     parent_run_id: str | None = None,
     experiment_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """A run that ends FINISHED, or FAILED with the error as tags (then the error propagates)."""
+    """A run that ends FINISHED, or FAILED with the error as tags (then the error propagates).
+    Runs inside a stage ("<stage>/...") get the tags the MLflow UI's compare view groups by
+    (`compare_tags`) and every run a one-line description."""
+    tags = compare_tags(name, tags or {})
     current = mlflow.active_run()
     if experiment_id is None and current is not None:
         experiment_id = current.info.experiment_id
@@ -86,7 +89,7 @@ def run(
         nested=parent_run_id is not None or mlflow.active_run() is not None,
         parent_run_id=parent_run_id,
         experiment_id=experiment_id,
-        tags=tags or {},
+        tags=tags,
     )
     try:
         yield active
@@ -108,6 +111,34 @@ def run(
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     finally:
         _flushed_at.pop(active.info.run_id, None)  # an ended run keeps no state here
+
+
+# what tells runs of a stage apart, in the order a description names them
+DESCRIBED = {
+    "adaptflow.method": "method",
+    "adaptflow.arch": "arch",
+    "adaptflow.backbone": "backbone",
+    "adaptflow.pair": "pair",
+    "adaptflow.fraction": "label fraction",
+    "adaptflow.seed": "seed",
+}
+NOTE = "mlflow.note.content"  # the run description shown (and editable) in the MLflow UI
+
+
+def compare_tags(name: str, tags: Mapping[str, str]) -> dict[str, str]:
+    """`tags` plus what every run of a stage carries so the compare view works out of the box:
+    `adaptflow.stage`, `adaptflow.kind` (method unless given: registered, phase runs say so),
+    `adaptflow.method` (an arm is the method of its stage), and a description."""
+    out = dict(tags)
+    if "/" in name:
+        out.setdefault(TAG_STAGE, name.split("/")[0])
+        out.setdefault("adaptflow.kind", "method")
+        if "adaptflow.arm" in out:
+            out.setdefault("adaptflow.method", out["adaptflow.arm"])
+    if NOTE not in out:
+        said = [f"{label} {out[k]}" for k, label in DESCRIBED.items() if k in out]
+        out[NOTE] = f"{name}: " + ", ".join(said) if said else name
+    return out
 
 
 def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
