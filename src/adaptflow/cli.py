@@ -227,5 +227,54 @@ def list_models() -> None:
     Console(width=200).print(table)
 
 
+@app.command()
+def compare(
+    runs: Annotated[
+        list[str] | None,
+        typer.Option("--runs", help="pipeline run ids to compare (repeat: --runs A --runs B)"),
+    ] = None,
+    last: Annotated[int, typer.Option(min=1, help="else: the N newest finished pipeline runs")] = 2,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default: params' experiment)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="folder of compare.md, img/ and compare.html")] = Path(
+        "reports/compare"
+    ),
+    log: Annotated[
+        bool, typer.Option(help="also log the report on the newest pipeline run")
+    ] = True,
+    overrides: SetOpt = None,
+    params_path: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """A report of pipeline runs from the store: per stage, method tables (mean ± std over
+    seeds), verdicts and plots; params and metrics changed since the previous run."""
+    params = _validated(params_path, overrides)
+    configure_env(".")
+    from mlflow.tracking import MlflowClient
+
+    from adaptflow import compare as cmp
+    from adaptflow.tracking.store import StoreError, use_store
+
+    name = experiment or params.experiment
+    try:
+        use_store(".")
+        exp = MlflowClient().get_experiment_by_name(name)
+        if exp is None:
+            raise cmp.CompareError(f"no experiment {name!r} in the store: run the pipeline first")
+        chosen = cmp.pipeline_runs(exp.experiment_id, runs, last)
+        report = cmp.build(chosen)
+    except (StoreError, cmp.CompareError) as e:
+        err.print(f"[bold red]compare:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    md, page = cmp.write(report, out)
+    if log:
+        cmp.log_on(chosen[-1], report)
+    err.print(
+        f"{len(chosen)} pipeline run(s) of {name!r} -> {md} and {page}"
+        + (f" (also logged on run {chosen[-1].info.run_id[:8]} under compare/)" if log else ""),
+        highlight=False,
+    )
+
+
 if __name__ == "__main__":
     app()

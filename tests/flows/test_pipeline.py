@@ -160,6 +160,24 @@ def test_pipeline_runs_logs_registers_and_caches(smoke_project, monkeypatch):
     )
     assert len(version_tags(client, "adaptflow-smoke-ae")) == 1
 
+    # the compare view's tags on every run of a stage, and the report over these two runs
+    ae_runs = children(client, exp_id, outcomes["ae"]["run_id"])
+    methods = [r for r in ae_runs if r.data.tags["adaptflow.kind"] == "method"]
+    assert {r.data.tags["adaptflow.method"] for r in methods} == {"pca", "ae"}
+    assert all(r.data.tags["adaptflow.stage"] == "ae" for r in ae_runs)
+    assert all(r.data.tags["mlflow.note.content"].startswith("ae/") for r in methods)
+    from adaptflow import compare
+
+    chosen = compare.pipeline_runs(exp_id, None, last=2)
+    newest = client.get_run(again["ae"]["run_id"]).data.tags["mlflow.parentRunId"]
+    assert [r.info.run_id for r in chosen] == [parent.info.run_id, newest]
+    report = compare.build(chosen).markdown
+    assert "## Stage `ae`" in report and "## Stage `pretrain`" in report
+    assert f"a cache hit of `{outcomes['ae']['run_id'][:8]}`" in report
+    assert "| ae mlp (n=1) |" in report and "| pretrain/test_acc |" in report
+    assert "not enough seeds" in report  # the verdict tables, from <stage>/claims.json
+    assert "_No param changed._" in report and "_No summary metric moved._" in report
+
     # --force recomputes ae although nothing changed; its model, made worse on validation
     # here, becomes v2, a challenger with the reason; champion stays on v1
     from adaptflow.stages import STAGES
