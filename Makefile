@@ -77,6 +77,10 @@ bench-da: data ## every DA method x pair x 3 seeds (profile bench), table beside
 bench-pretrain: data ## greedy vs random init over label fractions x seeds (default profile), printed table
 	$(BIN)/python -m bench.pretrain_sweep $(foreach s,$(SET),--set $(s))
 
+.PHONY: compare
+compare: $(STAMP) ## report of the LAST=2 newest pipeline runs of PROFILE -> reports/compare/compare.{md,html}
+	$(BIN)/adaptflow compare --set profile=$(PROFILE) --last $(or $(LAST),2)
+
 .PHONY: ui
 ui: $(STAMP) ## MLflow UI on http://127.0.0.1:PORT for mlruns/ (or for MLFLOW_TRACKING_URI's store)
 	@uri="$${MLFLOW_TRACKING_URI:-}"; \
@@ -105,6 +109,12 @@ SCHEDULE_API = PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PO
 .PHONY: schedule
 schedule: data ## serve the pipeline on params.yaml's schedule (cron) as a Prefect deployment
 	$(SCHEDULE_API) exec $(BIN)/python -m flows.schedule serve
+
+.PHONY: schedule-pool
+schedule-pool: data ## the same deployment on a work pool (POOL=adaptflow, created if absent); run it with `prefect worker start --pool POOL`
+	@$(SCHEDULE_API) $(BIN)/prefect work-pool inspect $(or $(POOL),adaptflow) >/dev/null 2>&1 || \
+	  $(SCHEDULE_API) $(BIN)/prefect work-pool create $(or $(POOL),adaptflow) --type process
+	$(SCHEDULE_API) $(BIN)/python -m flows.schedule deploy --pool $(or $(POOL),adaptflow)
 
 .PHONY: schedule-once
 schedule-once: $(STAMP) ## a run of the served deployment now; waits for it (exit 1 unless Completed)

@@ -3,6 +3,7 @@
     make prefect-server          # shell 1: the Prefect server + UI on 127.0.0.1:4200
     make schedule                # shell 2: serve the deployment (runs start in this process)
     make schedule-once           # shell 3: a run of the deployment now
+    make schedule-pool POOL=p    # or: register it on a work pool, run by `prefect worker start`
 
 `serve` registers the deployment `adaptflow-pipeline/<schedule.name>` with the cron schedule
 (`schedule.cron` in `schedule.timezone`) and the parameters of each run (`schedule.profile`,
@@ -105,9 +106,26 @@ def serve(
 ) -> None:
     """Register the deployment and run its flow runs until interrupted (blocks)."""
     from prefect.deployments.runner import EntrypointType
-    from prefect.schedules import Cron, Interval
 
     from flows.pipeline import pipeline_flow
+
+    params, url, schedule, when = _prepared(params_path, interval)
+    cfg = params.schedule
+    print(f"serving {FLOW_NAME}/{cfg.name} on {url}, {when}; Ctrl-C stops", flush=True)
+    pipeline_flow.serve(
+        name=cfg.name,
+        schedules=[schedule],
+        parameters=deployment_parameters(params_path, params),
+        description=f"adaptflow pipeline, profile {cfg.profile}, {when}",
+        tags=["adaptflow", f"profile:{cfg.profile}"],
+        limit=limit,  # one pipeline at a time: runs share the store and the registry
+        entrypoint_type=EntrypointType.MODULE_PATH,  # flows.pipeline, importable anywhere
+    )
+
+
+def _prepared(params_path: str, interval: float | None):
+    """Validated params, the server URL, the schedule and how to say it."""
+    from prefect.schedules import Cron, Interval
 
     params = load_params(params_path)
     check_schedule(params, params_path)
@@ -119,15 +137,44 @@ def serve(
         else Cron(cfg.cron, timezone=cfg.timezone)
     )
     when = f"every {interval:g} s" if interval else f"cron '{cfg.cron}' ({cfg.timezone})"
-    print(f"serving {FLOW_NAME}/{cfg.name} on {url}, {when}; Ctrl-C stops", flush=True)
-    pipeline_flow.serve(
+    return params, url, schedule, when
+
+
+def deploy(params_path: str = "params.yaml", pool: str = "adaptflow", interval=None) -> None:
+    """Register the deployment on a work pool instead of serving it: a worker started with
+    `prefect worker start --pool <pool>` (on this machine or another with the project checked
+    out at the same path) runs its flow runs. The code is read from this checkout."""
+    from pathlib import Path
+
+    from flows.pipeline import pipeline_flow
+
+    if not (Path.cwd() / "flows" / "pipeline.py").is_file():
+        raise ScheduleError(
+            f"{Path.cwd()} is not the project root (no flows/pipeline.py): a worker runs the "
+            "code and the store of the checkout the deployment was registered from; run this "
+            "from the project root"
+        )
+    params, url, schedule, when = _prepared(params_path, interval)
+    cfg = params.schedule
+    flow = pipeline_flow.from_source(
+        source=str(Path.cwd()), entrypoint="flows/pipeline.py:pipeline_flow"
+    )
+    flow.deploy(
         name=cfg.name,
+        work_pool_name=pool,
         schedules=[schedule],
         parameters=deployment_parameters(params_path, params),
         description=f"adaptflow pipeline, profile {cfg.profile}, {when}",
         tags=["adaptflow", f"profile:{cfg.profile}"],
-        limit=limit,  # one pipeline at a time: runs share the store and the registry
-        entrypoint_type=EntrypointType.MODULE_PATH,  # flows.pipeline, importable anywhere
+        concurrency_limit=1,  # runs share the store and the registry
+        build=False,
+        push=False,
+        print_next_steps=False,
+    )
+    print(
+        f"deployed {FLOW_NAME}/{cfg.name} to work pool {pool!r} on {url}, {when}; start a "
+        f"worker: prefect worker start --pool {pool}",
+        flush=True,
     )
 
 
@@ -164,6 +211,20 @@ def serve_cmd(
 ) -> None:
     """Serve the deployment on its schedule (needs a Prefect server: make prefect-server)."""
     _guard(lambda: serve(params_path, interval))
+
+
+@app.command("deploy")
+def deploy_cmd(
+    params_path: ParamsOpt = "params.yaml",
+    pool: Annotated[
+        str, typer.Option(help="work pool (prefect work-pool create NAME --type process)")
+    ] = "adaptflow",
+    interval: Annotated[
+        float | None, typer.Option(help="run every SECONDS instead of schedule.cron")
+    ] = None,
+) -> None:
+    """Register the deployment on a work pool; a `prefect worker` runs it (instead of serve)."""
+    _guard(lambda: deploy(params_path, pool, interval))
 
 
 @app.command("once")
