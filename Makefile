@@ -133,8 +133,8 @@ format: $(STAMP) ## ruff fix + format
 .PHONY: clean
 clean: ## remove caches and rebuildable outputs; keeps mlruns/ (runs, registry), the versioned metrics and .venv
 	rm -rf .prefect data/prepared .dvc/cache .dvc/tmp .dvc/site-cache .cache .pytest_cache .ruff_cache
-	@# reports/metrics-default.json is versioned in git (dvc metrics diff): the rest is rebuilt
-	@if [ -d reports ]; then find reports -mindepth 1 -not -name metrics-default.json -delete; fi
+	@# reports/metrics-default.json and plots-default/ are versioned in git (dvc metrics/plots diff)
+	@if [ -d reports ]; then find reports -mindepth 1 -not -name metrics-default.json -not -path "reports/plots-default*" -delete; fi
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 
 .PHONY: clean-runs

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from adaptflow import dvc_plots
 from adaptflow.config import load_params, parse_overrides
 from flows.ae import ae_flow
 from flows.da import da_flow
@@ -38,10 +39,19 @@ def metrics_path(root: str | Path, profile: str) -> Path:
     return Path(root) / "reports" / f"metrics-{profile}.json"
 
 
+def plots_dir(root: str | Path, profile: str) -> Path:
+    """reports/plots-<profile>/: the CSVs of `dvc plots show` (see adaptflow.dvc_plots)."""
+    return Path(root) / "reports" / f"plots-{profile}"
+
+
+def _metrics(outcomes: dict[str, dict]) -> dict[str, float]:
+    return {k: v for o in outcomes.values() for k, v in o["metrics"].items()}
+
+
 def _write_metrics(path: Path, outcomes: dict[str, dict]) -> None:
     """The metrics of every stage for `dvc metrics show`, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {k: v for o in outcomes.values() for k, v in o["metrics"].items()}
+    body = _metrics(outcomes)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(body, f, indent=2, sort_keys=True)
@@ -105,6 +115,7 @@ def pipeline_flow(
     skip = report_skip_reason(list(outcomes), overrides, params_path)
     if skip is None:
         _write_metrics(metrics_path(root, params.profile), outcomes)
+        dvc_plots.write(plots_dir(root, params.profile), _metrics(outcomes))
     else:
         log.info("%s not written: %s", metrics_path(root, params.profile), skip)
     return outcomes

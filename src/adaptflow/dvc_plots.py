@@ -1,0 +1,83 @@
+"""The plot data DVC versions per profile: `reports/plots-<profile>/*.csv` (`dvc plots show`).
+
+Built from the pipeline's summary metrics (the same numbers as `reports/metrics-<profile>.json`),
+one small wide CSV per figure, so `dvc plots diff` draws any two commits or experiments side by
+side: label efficiency of pretraining and of transfer, DA target accuracy per method and pair,
+the autoencoders' test MSE. A figure whose stage did not run is not written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+# metric key -> figure; the match names its file (`file`), row (`row`, the x value) and column
+PATTERNS = [
+    re.compile(r"^(?P<file>pretrain)/(?P<col>[^/]+)/f(?P<row>[\d.]+)/test_acc_mean$"),
+    re.compile(
+        r"^finetune/(?P<bb>[^/]+)/(?P<col>[^/]+)/f(?P<row>[\d.]+)/test_acc_mean$"
+    ),  # one file per backbone: finetune-<backbone>.csv, a column per arm
+    re.compile(r"^da/(?P<pair>[^/]+)/(?P<method>[^/]+)/target_acc_mean$"),
+    re.compile(r"^(?P<file>ae)/(?P<row>[^/]+)/(?P<col>test_mse)$"),
+]
+X = {"pretrain": "fraction", "finetune": "fraction", "da": "run", "ae": "model"}
+
+
+def tables(metrics: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
+    """{file stem: {row: {column: value}}} from the summary metrics."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key, value in metrics.items():
+        for pattern in PATTERNS:
+            m = pattern.match(key)
+            if m is None:
+                continue
+            g = m.groupdict()
+            if "bb" in g:
+                stem, row, col = f"finetune-{g['bb']}", g["row"], g["col"]
+            elif "pair" in g:  # one bar per pair and method
+                stem, row, col = "da", f"{g['pair']} {g['method']}", "target_acc"
+            else:
+                stem, row, col = g["file"], g["row"], g["col"]
+            out.setdefault(stem, {}).setdefault(row, {})[col] = float(value)
+            break
+    return out
+
+
+def _x(stem: str) -> str:
+    return X[stem.split("-")[0]]
+
+
+def _sort_key(stem: str, row: str):
+    return float(row) if _x(stem) == "fraction" else row
+
+
+def write(directory: Path, metrics: dict[str, float]) -> list[Path]:
+    """One CSV per figure in `directory`, each replaced whole; figures no longer produced are
+    removed so the directory matches this run."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for figure, rows in tables(metrics).items():
+        columns = sorted({c for r in rows.values() for c in r})
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([_x(figure), *columns])
+        for row in sorted(rows, key=lambda r: _sort_key(figure, r)):
+            w.writerow([row, *(_cell(rows[row].get(c)) for c in columns)])
+        path = directory / f"{figure}.csv"
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(buf.getvalue())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        written.append(path)
+    for stale in set(directory.glob("*.csv")) - set(written):
+        stale.unlink()
+    return written
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
