@@ -61,6 +61,7 @@ def pipeline(exp: str, values: dict[str, list[float]], lr: str, cached_from=None
         means = {m: sum(v) / len(v) for m, v in values.items()}
         runs.log_metrics({f"toy/{m}/acc_mean": x for m, x in means.items()})
         runs.log_metrics({"toy/b/acc_std": 0.1, "toy/seconds": 5.0})
+        runs.log_metrics({"toy/b/loss": 2 * means["b"], "toy/b/loss_std": 0.4})
     return parent.info.run_id, stage.info.run_id
 
 
@@ -86,6 +87,7 @@ def test_report_tables_verdicts_plots_and_changes(store):
     # changes: the stage param, the summary metric that moved (b: 0.8 -> 1.0, 2 spreads of 0.1)
     assert "| toy: toy.lr | 0.01 | 0.02 |" in md
     assert "| toy/b/acc_mean | 0.8 | 1 | +0.2 | 0.1 | 2.0× |" in md
+    assert "| toy/b/loss | 1.6 | 2 | +0.4 | 0.4 | 1.0× |" in md  # x beside x_std
     assert "toy/a/acc_mean" not in md  # did not move
     assert "toy/seconds" not in md  # timings always move: left out
 

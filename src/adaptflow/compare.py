@@ -223,8 +223,9 @@ TIMING_WORDS = ("seconds", "time", "_s_")
 
 
 def metric_deltas(old: dict[str, float], new: dict[str, float]) -> list[list[str]]:
-    """Summary metrics that moved, with the new run's seed spread (`<name>_std` beside a
-    `<name>_mean`) to judge the move against. Timings are left out (they always move)."""
+    """Summary metrics that moved, with the new run's seed spread (`<name>_std` beside
+    `<name>_mean` or `<name>`) to judge the move against. Timings are left out (they always
+    move)."""
     rows = []
     for k in sorted(set(old) & set(new)):
         if any(w in k for w in TIMING_WORDS) or k.endswith("_std"):
@@ -232,7 +233,8 @@ def metric_deltas(old: dict[str, float], new: dict[str, float]) -> list[list[str
         a, b = old[k], new[k]
         if a == b or (math.isnan(a) and math.isnan(b)):
             continue
-        std = new.get(k[: -len("_mean")] + "_std") if k.endswith("_mean") else None
+        base = k[: -len("_mean")] if k.endswith("_mean") else k  # x_mean or x, beside x_std
+        std = new.get(f"{base}_std")
         spread = "–" if std is None else _fmt(std)
         moved = "" if std is None or std == 0 else f"{abs(b - a) / std:.1f}×"
         rows.append([k, _fmt(a), _fmt(b), f"{b - a:+.4g}", spread, moved])

@@ -545,10 +545,9 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                 for stem, options in _variants(name, base_options, cfg):
                     label = f"{stem}-{arch}" if cls.is_torch else stem
                     tags = {
-                        "adaptflow.method": name,
-                        "adaptflow.arch": arch,
+                        "adaptflow.method": stem,  # sparse_lam0 (the λ = 0 baseline) apart
                         "adaptflow.seed": str(seed),
-                    }
+                    } | ({"adaptflow.arch": arch} if cls.is_torch else {})
                     with runs.run(f"ae/{label}-s{seed}", tags=tags):
                         runs.log_params(
                             {"method": name, "arch": arch, "seed": seed}
@@ -655,7 +654,13 @@ def _sparse_sweep(results, d: EvalData, cfg, ctx, shape, seed: int, runs) -> lis
             continue
         options = base.model_copy(update={"lam": float(lam)})
         label = f"sparse_lam{lam:g}-{arch}"
-        with runs.run(f"ae/{label}-s{seed}", tags={"adaptflow.method": "sparse"}):
+        tags = {
+            "adaptflow.method": f"sparse_lam{lam:g}",
+            "adaptflow.arch": arch,
+            "adaptflow.seed": str(seed),
+            "adaptflow.kind": "sweep",  # a validation sweep point, not a compared method
+        }
+        with runs.run(f"ae/{label}-s{seed}", tags=tags):
             runs.log_params({"method": "sparse", "arch": arch, "seed": seed, "sweep": True})
             method, _, _ = _fit_one(
                 cls, _spec(cfg, shape, arch), options, d, cfg, ctx, seed, label, runs
