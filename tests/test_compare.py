@@ -47,7 +47,7 @@ def pipeline(exp: str, values: dict[str, list[float]], lr: str, cached_from=None
         runs.log_params({"profile": "default", "overrides": "[]"})
         tags = {"adaptflow.stage": "toy", "adaptflow.kind": "stage"}
         with runs.run("toy", tags=tags) as stage:
-            runs.log_params({"toy.lr": lr, "toy.epochs": "3"})
+            runs.log_params({"toy.lr": lr, "toy.epochs": "3", "toy.seeds": "[0, 1]"})
             if cached_from:
                 mlflow.set_tag(runs.TAG_FROM, cached_from)
             else:
@@ -56,11 +56,26 @@ def pipeline(exp: str, values: dict[str, list[float]], lr: str, cached_from=None
                         tags = {"adaptflow.method": method, "adaptflow.seed": str(seed)}
                         with runs.run(f"toy/{method}-s{seed}", tags=tags):
                             runs.log_metrics({"toy/acc": acc, "toy/train_seconds": 1.0 + seed})
+                # the same method on another pair is another column; runs that are not a
+                # compared method (a registration, a sweep point) are no column at all
+                for seed, acc in enumerate([0.1, 0.2]):
+                    tags = {
+                        "adaptflow.method": "b",
+                        "adaptflow.pair": "q",
+                        "adaptflow.seed": str(seed),
+                    }
+                    with runs.run(f"toy/q/b-s{seed}", tags=tags):
+                        runs.log_metrics({"toy/acc": acc})
+                for kind in ("registered", "sweep"):
+                    tags = {"adaptflow.method": "b", "adaptflow.kind": kind, "adaptflow.seed": "0"}
+                    with runs.run(f"toy/b-{kind}", tags=tags):
+                        runs.log_metrics({"toy/acc": 99.0})
                 runs.log_text(json.dumps(CLAIMS), "toy/claims.json")
                 mlflow.log_image(plt.imread(io.BytesIO(figure_png())), "toy/curve.png")
         means = {m: sum(v) / len(v) for m, v in values.items()}
         runs.log_metrics({f"toy/{m}/acc_mean": x for m, x in means.items()})
         runs.log_metrics({"toy/b/acc_std": 0.1, "toy/seconds": 5.0})
+        runs.log_metrics({"pipeline/stages_cached": float(cached_from is not None)})
         runs.log_metrics({"toy/b/loss": 2 * means["b"], "toy/b/loss_std": 0.4})
     return parent.info.run_id, stage.info.run_id
 
@@ -80,14 +95,15 @@ def test_report_tables_verdicts_plots_and_changes(store):
     report = compare.build(chosen)
     md = report.markdown
     # mean ± sample std over the seeds of each method: b = (0.9, 1.1)
-    assert "| metric | a (n=2) | b (n=2) |" in md
-    assert "| toy/acc | 0.6 ± 0.1414 | 1 ± 0.1414 |" in md
+    assert "| metric | a (n=2) | b (n=2) | b q (n=2) |" in md
+    assert "| toy/acc | 0.6 ± 0.1414 | 1 ± 0.1414 | 0.15 ± 0.0707 |" in md
     assert "| b beats a | +0.20 ± 0.05 | **holds** |" in md
     assert "![toy/curve.png](img/toy_curve.png)" in md and report.images["img/toy_curve.png"]
     # changes: the stage param, the summary metric that moved (b: 0.8 -> 1.0, 2 spreads of 0.1)
     assert "| toy: toy.lr | 0.01 | 0.02 |" in md
-    assert "| toy/b/acc_mean | 0.8 | 1 | +0.2 | 0.1 | 2.0× |" in md
-    assert "| toy/b/loss | 1.6 | 2 | +0.4 | 0.4 | 1.0× |" in md  # x beside x_std
+    # SE of a difference of two 2-seed means: std·√(2/2)
+    assert "| toy/b/acc_mean | 0.8 | 1 | +0.2 | 0.1 | 2 | 2.0 |" in md
+    assert "| toy/b/loss | 1.6 | 2 | +0.4 | 0.4 | 2 | 1.0 |" in md  # x beside x_std
     assert "toy/a/acc_mean" not in md  # did not move
     assert "toy/seconds" not in md  # timings always move: left out
 
@@ -97,8 +113,9 @@ def test_a_cached_stage_reports_what_its_source_run_computed(store):
     third, _ = pipeline(exp, {"a": [0.5, 0.7], "b": [0.7, 0.9]}, lr="0.01", cached_from=first_stage)
     md = compare.build(compare.pipeline_runs(exp, [first, third], 2)).markdown
     assert f"a cache hit of `{first_stage[:8]}`" in md
-    assert "| toy/acc | 0.6 ± 0.1414 | 0.8 ± 0.1414 |" in md
+    assert "| toy/acc | 0.6 ± 0.1414 | 0.8 ± 0.1414 | 0.15 ± 0.0707 |" in md
     assert "_No param changed._" in md
+    assert "pipeline/stages_cached" not in md  # bookkeeping: 0 -> 1 here, not a result
 
 
 def test_the_html_page_is_self_contained(store, tmp_path):
@@ -112,6 +129,13 @@ def test_the_html_page_is_self_contained(store, tmp_path):
         "img/toy_curve.png"
     ]
     assert md.read_text() == report.markdown
+    (tmp_path / "out" / "img" / "old_plot.png").write_bytes(b"stale")
+    compare.write(report, tmp_path / "out")  # a re-write drops images no longer linked
+    assert sorted(p.name for p in (tmp_path / "out" / "img").iterdir()) == ["toy_curve.png"]
+
+
+def said(proc: subprocess.CompletedProcess) -> str:
+    return " ".join(proc.stderr.split())  # rich wraps long lines at the console width
 
 
 def adaptflow(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -127,16 +151,16 @@ def test_cli_writes_logs_and_names_what_is_missing(store, project):
     logged = [a.path for a in MlflowClient().list_artifacts(second, "compare")]
     assert logged == ["compare/compare.html", "compare/compare.md"]
     bad = adaptflow("--runs", first, "--runs", "0123456789abcdef", cwd=project)
-    assert bad.returncode == 1 and "no run '0123456789abcdef'" in bad.stderr
+    assert bad.returncode == 1 and "no run '0123456789abcdef'" in said(bad)
     (child,) = [
         r.info.run_id
         for r in MlflowClient().search_runs([exp], "tags.`adaptflow.stage` = 'toy'")
         if r.data.tags.get("adaptflow.kind") == "method"
     ][:1]
     not_pipeline = adaptflow("--runs", child, cwd=project)
-    assert not_pipeline.returncode == 1 and "is not a pipeline run" in not_pipeline.stderr
+    assert not_pipeline.returncode == 1 and "is not a pipeline run" in said(not_pipeline)
     empty = adaptflow("--experiment", "adaptflow-smoke", cwd=project)
-    assert empty.returncode == 1 and "no experiment 'adaptflow-smoke'" in empty.stderr
+    assert empty.returncode == 1 and "no experiment 'adaptflow-smoke'" in said(empty)
 
 
 @pytest.mark.slow

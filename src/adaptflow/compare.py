@@ -220,24 +220,56 @@ def params_diff(old: dict[str, str], new: dict[str, str]) -> list[list[str]]:
 
 
 TIMING_WORDS = ("seconds", "time", "_s_")
+BOOKKEEPING = ("pipeline/",)  # e.g. pipeline/stages_cached: how the run ran, not a result
 
 
-def metric_deltas(old: dict[str, float], new: dict[str, float]) -> list[list[str]]:
-    """Summary metrics that moved, with the new run's seed spread (`<name>_std` beside
-    `<name>_mean` or `<name>`) to judge the move against. Timings are left out (they always
-    move)."""
+def seeds_per_stage(views: dict[str, StageView]) -> dict[str, int]:
+    """{stage: number of seeds} from each stage run's logged `<section>.seeds` param."""
+    out = {}
+    for name, view in views.items():
+        for key, value in view.source.data.params.items():
+            if key.endswith(".seeds"):
+                try:
+                    out[name] = len(json.loads(value))
+                except (ValueError, TypeError):
+                    continue
+    return out
+
+
+def metric_deltas(
+    old: dict[str, float], new: dict[str, float], seeds: dict[str, int] | None = None
+) -> list[list[str]]:
+    """Summary metrics that moved. Where the stage logs the spread over seeds beside the value
+    (`<name>_std` beside `<name>_mean` or `<name>`) and its seed count n is known, the move is
+    set against the standard error of a difference of two n-seed means, std·√(2/n) (the new
+    run's spread standing in for both). Timings, spreads and bookkeeping are left out."""
+    seeds = seeds or {}
     rows = []
     for k in sorted(set(old) & set(new)):
-        if any(w in k for w in TIMING_WORDS) or k.endswith("_std"):
+        if (
+            any(w in k for w in TIMING_WORDS)
+            or k.endswith(("_std", "_se"))
+            or k.startswith(BOOKKEEPING)
+        ):
             continue
         a, b = old[k], new[k]
         if a == b or (math.isnan(a) and math.isnan(b)):
             continue
         base = k[: -len("_mean")] if k.endswith("_mean") else k  # x_mean or x, beside x_std
         std = new.get(f"{base}_std")
-        spread = "–" if std is None else _fmt(std)
-        moved = "" if std is None or std == 0 else f"{abs(b - a) / std:.1f}×"
-        rows.append([k, _fmt(a), _fmt(b), f"{b - a:+.4g}", spread, moved])
+        n = seeds.get(k.split("/")[0])
+        se = std * math.sqrt(2 / n) if std is not None and n else None
+        rows.append(
+            [
+                k,
+                _fmt(a),
+                _fmt(b),
+                f"{b - a:+.4g}",
+                "–" if std is None else _fmt(std),
+                "–" if not n else str(n),
+                "" if not se else f"{abs(b - a) / se:.1f}",
+            ]
+        )
     return rows
 
 
@@ -376,14 +408,15 @@ def changes(previous, current, views: dict[str, StageView]) -> list[str]:
         "",
         "### Metrics",
         "",
-        "Summary metrics (the pipeline run's) that moved; `seed std` is the new run's spread "
-        "over seeds where the stage logs one, and `|Δ| / std` says how many spreads the move is "
-        "(about 1 or less: within seed noise). Timings are left out.",
+        "Summary metrics (the pipeline run's) that moved. `seed std` is the new run's spread "
+        "over its n seeds where the stage logs one; `|Δ| / SE` sets the move against the "
+        "standard error of a difference of two n-seed means, std·√(2/n): below about 2 it is "
+        "within seed noise. Timings, spreads and bookkeeping are left out.",
         "",
     ]
-    rows = metric_deltas(previous.data.metrics, current.data.metrics)
+    rows = metric_deltas(previous.data.metrics, current.data.metrics, seeds_per_stage(views))
     out += (
-        _table(["metric", "before", "now", "Δ", "seed std", "|Δ| / std"], rows)
+        _table(["metric", "before", "now", "Δ", "seed std", "n", "|Δ| / SE"], rows)
         if rows
         else ["_No summary metric moved._"]
     )
@@ -392,12 +425,17 @@ def changes(previous, current, views: dict[str, StageView]) -> list[str]:
 
 def write(report: Report, out_dir: Path) -> tuple[Path, Path]:
     """compare.md (+ img/) and compare.html in `out_dir`, each written whole or not at all."""
+    page_text = report.html().encode()  # built before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
+    img = out_dir / "img"
+    for stale in img.glob("*.png") if img.is_dir() else []:
+        if f"img/{stale.name}" not in report.images:
+            stale.unlink()  # from an older report: not linked any more
     for rel, data in report.images.items():
         _atomic(out_dir / rel, data)
     md, page = out_dir / "compare.md", out_dir / "compare.html"
     _atomic(md, report.markdown.encode())
-    _atomic(page, report.html().encode())
+    _atomic(page, page_text)
     return md, page
 
 

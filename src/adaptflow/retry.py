@@ -2,7 +2,8 @@
 
 A retry is worth it when the same call can succeed a minute later: the tracking server or its
 database was unreachable or busy (`database is locked` on a shared sqlite store, a dropped
-connection, a 5xx/429 from an MLflow server). Everything else fails the same way again, so it is
+connection, an MLflow server answering TEMPORARILY_UNAVAILABLE, or 5xx/429 until MLflow's own HTTP
+retries gave up). Everything else fails the same way again, so it is
 never retried: bad params, bad or missing data, a NaN loss, a bad checkpoint, a bug. The rule is
 an allow-list: an error is transient only when it (or an error it was raised from) is one of
 the kinds above.
@@ -35,25 +36,40 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
+def _is_db_error(exc: BaseException) -> bool:
+    """A database's own OperationalError (sqlite3's, or SQLAlchemy's wrapping any driver's)."""
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return isinstance(exc, sqlite3.OperationalError) or (
+        kind.startswith("sqlalchemy.exc.") and "OperationalError" in kind
+    )
+
+
+def _db_text_is_transient(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(t in text for t in TRANSIENT_DB_TEXT)
+
+
 def _one_is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ConnectionError | TimeoutError):  # builtins: refused, reset, timed out
         return True
-    try:  # requests' ConnectionError/Timeout are not the builtins (MLflow's REST client)
+    try:  # requests' errors are not the builtins (MLflow's REST client raises them)
         import requests
 
-        if isinstance(exc, requests.ConnectionError | requests.Timeout):
+        # RetryError: MLflow's HTTP client gave up after "too many 5xx/429 error responses"
+        if isinstance(
+            exc, requests.ConnectionError | requests.Timeout | requests.exceptions.RetryError
+        ):
             return True
     except ImportError:  # pragma: no cover - mlflow depends on requests
         pass
-    text = str(exc).lower()
-    if isinstance(exc, sqlite3.OperationalError):
-        return any(t in text for t in TRANSIENT_DB_TEXT)
+    if _is_db_error(exc):
+        return _db_text_is_transient(exc)
     kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    if kind.startswith("sqlalchemy.exc.") and "OperationalError" in kind:
-        return any(t in text for t in TRANSIENT_DB_TEXT)
     if kind.startswith("mlflow.exceptions."):
+        text = str(exc).lower()
+        gave_up = "too many 5" in text or "too many 429" in text  # its HTTP retries ran out
         code = getattr(exc, "error_code", "")
-        return code in TRANSIENT_MLFLOW_CODES or any(t in text for t in TRANSIENT_DB_TEXT)
+        return code in TRANSIENT_MLFLOW_CODES or gave_up or _db_text_is_transient(exc)
     return False
 
 
@@ -67,6 +83,10 @@ def is_transient(exc: BaseException) -> bool:
     chain = list(_chain(exc))
     if any(isinstance(e, ParamsError | DataError | NonFiniteLossError) for e in chain):
         return False
+    db = [e for e in chain if _is_db_error(e)]
+    if db:  # MLflow reports every database OperationalError as TEMPORARILY_UNAVAILABLE, even
+        # "no such table" or a read-only file: the database's own message decides
+        return any(_db_text_is_transient(e) for e in db)
     return any(_one_is_transient(e) for e in chain)
 
 

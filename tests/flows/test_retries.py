@@ -27,10 +27,26 @@ def raised_from(outer: BaseException, inner: BaseException) -> BaseException:
         return e
 
 
+def db_error(text: str) -> sqlalchemy.exc.OperationalError:
+    return sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError(text))
+
+
 def locked() -> sqlalchemy.exc.OperationalError:
-    return sqlalchemy.exc.OperationalError(
-        "INSERT", {}, sqlite3.OperationalError("database is locked")
-    )
+    return db_error("database is locked")
+
+
+def as_mlflow_raises(e: sqlalchemy.exc.OperationalError) -> MlflowException:
+    """How MLflow's sqlalchemy store reports any OperationalError (mlflow/store/db/utils.py):
+    TEMPORARILY_UNAVAILABLE, raised from the database's error."""
+    return raised_from(MlflowException(message=e, error_code=TEMPORARILY_UNAVAILABLE), e)
+
+
+def gave_up() -> MlflowException:
+    """MLflow's REST client after its own retries: INTERNAL_ERROR over requests' RetryError."""
+    import requests
+
+    inner = requests.exceptions.RetryError("too many 503 error responses")
+    return raised_from(MlflowException("API request failed: too many 503 error responses"), inner)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +61,12 @@ def locked() -> sqlalchemy.exc.OperationalError:
         (MlflowException(f"(sqlite3.OperationalError) database is locked {locked()}"), True),
         (MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE), True),
         (raised_from(RuntimeError("logging failed"), ConnectionResetError()), True),
+        (as_mlflow_raises(locked()), True),
+        (gave_up(), True),
+        # MLflow's TEMPORARILY_UNAVAILABLE over a database error that will not go away
+        (as_mlflow_raises(db_error("no such table: runs")), False),
+        (as_mlflow_raises(db_error("attempt to write a readonly database")), False),
+        (as_mlflow_raises(db_error("unable to open database file")), False),
         # deterministic: the same call fails the same way again
         (sqlite3.OperationalError("no such table: runs"), False),
         (MlflowException("bad param", error_code=INVALID_PARAMETER_VALUE), False),

@@ -60,7 +60,7 @@ def session_processes(sid: int) -> list[psutil.Process]:
     return out
 
 
-def stop(proc: subprocess.Popen, timeout: float = 60) -> list[psutil.Process]:
+def stop(proc: subprocess.Popen, timeout: float = 90) -> list[psutil.Process]:
     """Ctrl-C (SIGINT) as a user would; returns what is still alive in its session after
     `timeout` (then killed, so a failing test leaves nothing behind)."""
     sid = os.getsid(proc.pid)
@@ -130,6 +130,9 @@ def scheduled_project(project):
     return project
 
 
+ACTIVE = ("PENDING", "RUNNING")
+
+
 def flow_runs(url: str, deployment: str) -> list[dict]:
     body = {"deployments": {"name": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC"}
     return httpx.post(f"{url}/flow_runs/filter", json=body, timeout=10).json()
@@ -164,6 +167,16 @@ def test_served_deployment_runs_on_its_schedule_and_stops_cleanly(scheduled_proj
         deployment = httpx.get(f"{url}/deployments/{scheduled['deployment_id']}").json()
         assert deployment["name"] == SCHEDULE["name"]
         assert deployment["parameters"]["overrides"] == ["profile=smoke", *SCHEDULE["overrides"]]
+        # pause the schedule (as in the UI) and let a run it already started finish, so the
+        # trigger below and the shutdown do not race a scheduled run
+        paused = httpx.patch(
+            f"{url}/deployments/{scheduled['deployment_id']}", json={"paused": True}, timeout=10
+        )
+        assert paused.status_code == 204, paused.text
+        deadline = time.monotonic() + 120
+        while any(r["state_type"] in ACTIVE for r in flow_runs(url, SCHEDULE["name"])):
+            assert time.monotonic() < deadline, f"a scheduled run did not finish\n{log()}"
+            time.sleep(2)
 
         # `make schedule-once`: a run now, through the same served deployment
         once = subprocess.run(
@@ -192,6 +205,10 @@ def test_served_deployment_runs_on_its_schedule_and_stops_cleanly(scheduled_proj
         )
         assert mlrun.data.tags["adaptflow.kind"] == "pipeline"
         assert mlrun.data.tags["adaptflow.profile"] == "smoke"
+        # ... and it is the parent of the stage's run, which finished
+        (stage,) = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{mlrun.info.run_id}'")
+        assert stage.data.tags["adaptflow.stage"] == "ae" and stage.info.status == "FINISHED"
+    assert not [r for r in runs.values() if r["state_type"] in (*ACTIVE, "CRASHED", "FAILED")]
     assert not client.search_runs([exp], "attributes.status = 'RUNNING'")
 
     assert not stop(server_proc), "the Prefect server left processes running"

@@ -48,8 +48,8 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
     uri = _user_uri()
     own = uri is None
     if own:
+        uri = _local_db(root)  # refuses another cwd before anything is created
         (root / "mlruns").mkdir(parents=True, exist_ok=True)
-        uri = _local_db(root)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
