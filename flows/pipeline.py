@@ -112,7 +112,7 @@ def pipeline_flow(
             outcomes[name] = out  # the registry gate ran inside the stage (stages.base.execute)
         runs.log_metrics({k: v for o in outcomes.values() for k, v in o["metrics"].items()})
         runs.log_metrics({"pipeline/stages_cached": sum(o["cache_hit"] for o in outcomes.values())})
-    skip = report_skip_reason(list(outcomes), overrides, params_path)
+    skip = report_skip_reason(list(outcomes), overrides, params_path, tags)
     if skip is None:
         _write_metrics(metrics_path(root, params.profile), outcomes)
         dvc_plots.write(plots_dir(root, params.profile), _metrics(outcomes))
@@ -147,12 +147,22 @@ def upstream_ref(outcome: dict) -> dict:
 
 
 def report_skip_reason(
-    ran: list[str], overrides: list[str], params_path: str = "params.yaml"
+    ran: list[str],
+    overrides: list[str],
+    params_path: str = "params.yaml",
+    tags: dict[str, str] | None = None,
 ) -> str | None:
     """Why this run must not write the profile's versioned report, or None when it may: only a
     full pipeline run of the profile as configured in params.yaml (no `--set` other than
     `profile=`, no other params file) does; an `ae.epochs=1`, `--params other.yaml` or
-    `--stage ae` run would overwrite the numbers DVC versions."""
+    `--stage ae` run would overwrite the numbers DVC versions, and so would every scheduled
+    run (a deployment's runs leave the checkout's versioned files alone)."""
+    deployment = (tags or {}).get("adaptflow.prefect_deployment")
+    if deployment:  # unattended: it must not leave the checkout's versioned files changed
+        return (
+            f"a scheduled run (deployment {deployment}); `make repro` or a manual full run "
+            "writes the versioned report"
+        )
     if Path(params_path).name != "params.yaml":
         return f"params come from {params_path}, not the project's params.yaml"
     if ran != list(STAGE_FLOWS):

@@ -111,6 +111,7 @@ def serve(
 
     params, url, schedule, when = _prepared(params_path, interval)
     cfg = params.schedule
+    _stop_on_signals()
     print(f"serving {FLOW_NAME}/{cfg.name} on {url}, {when}; Ctrl-C stops", flush=True)
     pipeline_flow.serve(
         name=cfg.name,
@@ -121,6 +122,19 @@ def serve(
         limit=limit,  # one pipeline at a time: runs share the store and the registry
         entrypoint_type=EntrypointType.MODULE_PATH,  # flows.pipeline, importable anywhere
     )
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and a service manager's SIGTERM both stop serving the Prefect way
+    (KeyboardInterrupt: pause the schedule, stop the runs, exit), also when this process was
+    started with SIGINT ignored (a background job of a non-interactive shell inherits that)."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _prepared(params_path: str, interval: float | None):
@@ -181,19 +195,23 @@ def deploy(params_path: str = "params.yaml", pool: str = "adaptflow", interval=N
 def trigger(params_path: str = "params.yaml", wait: bool = True) -> str:
     """Start a run of the served deployment now; with `wait`, block until it ends. Returns
     its final (or current) state name."""
+    import httpx
     from prefect.deployments import run_deployment
 
     params = load_params(params_path)
-    api_url()
+    url = api_url()
     name = f"{FLOW_NAME}/{params.schedule.name}"
-    try:
-        run = run_deployment(name, timeout=None if wait else 0, as_subflow=False)
-    except Exception as e:  # prefect raises ObjectNotFound for a deployment never served
-        if type(e).__name__ == "ObjectNotFound":
-            raise ScheduleError(
-                f"no deployment {name} on the server: start `make schedule` first"
-            ) from None
-        raise
+    found = httpx.get(f"{url.rstrip('/')}/deployments/name/{name}", timeout=10)
+    if found.status_code == 404:
+        raise ScheduleError(f"no deployment {name} on the server: start `make schedule` first")
+    found.raise_for_status()
+    if wait and found.json().get("status") != "READY":
+        # nothing polls it: waiting would never end (--no-wait queues the run anyway)
+        raise ScheduleError(
+            f"deployment {name} is not served: no `make schedule` process (or worker of its "
+            "work pool) is polling it; start one, or pass --no-wait to queue the run"
+        )
+    run = run_deployment(name, timeout=None if wait else 0, as_subflow=False)
     state = run.state.name if run.state else "UNKNOWN"
     print(f"flow run {run.name} ({run.id}) of {name}: {state}", flush=True)
     return state
@@ -206,7 +224,7 @@ ParamsOpt = Annotated[str, typer.Option("--params", "-p", help="params file")]
 def serve_cmd(
     params_path: ParamsOpt = "params.yaml",
     interval: Annotated[
-        float | None, typer.Option(help="run every SECONDS instead of schedule.cron")
+        float | None, typer.Option(min=1, help="run every SECONDS instead of schedule.cron")
     ] = None,
 ) -> None:
     """Serve the deployment on its schedule (needs a Prefect server: make prefect-server)."""
@@ -220,7 +238,7 @@ def deploy_cmd(
         str, typer.Option(help="work pool (prefect work-pool create NAME --type process)")
     ] = "adaptflow",
     interval: Annotated[
-        float | None, typer.Option(help="run every SECONDS instead of schedule.cron")
+        float | None, typer.Option(min=1, help="run every SECONDS instead of schedule.cron")
     ] = None,
 ) -> None:
     """Register the deployment on a work pool; a `prefect worker` runs it (instead of serve)."""

@@ -150,17 +150,17 @@ def test_cli_writes_logs_and_names_what_is_missing(store, project):
     assert (project / "reports/compare/compare.html").is_file()
     logged = [a.path for a in MlflowClient().list_artifacts(second, "compare")]
     assert logged == ["compare/compare.html", "compare/compare.md"]
-    bad = adaptflow("--runs", first, "--runs", "0123456789abcdef", cwd=project)
-    assert bad.returncode == 1 and "no run '0123456789abcdef'" in said(bad)
-    (child,) = [
+    empty = adaptflow("--experiment", "adaptflow-smoke", cwd=project)
+    assert empty.returncode == 1 and "no experiment 'adaptflow-smoke'" in said(empty)
+    with pytest.raises(compare.CompareError, match="no run '0123456789abcdef'"):
+        compare.pipeline_runs(exp, [first, "0123456789abcdef"], 2)
+    (child, *_) = [
         r.info.run_id
         for r in MlflowClient().search_runs([exp], "tags.`adaptflow.stage` = 'toy'")
         if r.data.tags.get("adaptflow.kind") == "method"
-    ][:1]
-    not_pipeline = adaptflow("--runs", child, cwd=project)
-    assert not_pipeline.returncode == 1 and "is not a pipeline run" in said(not_pipeline)
-    empty = adaptflow("--experiment", "adaptflow-smoke", cwd=project)
-    assert empty.returncode == 1 and "no experiment 'adaptflow-smoke'" in said(empty)
+    ]
+    with pytest.raises(compare.CompareError, match="is not a pipeline run"):
+        compare.pipeline_runs(exp, [child], 2)
 
 
 @pytest.mark.slow

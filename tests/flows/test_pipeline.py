@@ -249,6 +249,8 @@ def test_only_a_full_run_of_the_profile_as_configured_writes_its_report(smoke_pr
     )
     assert "other.yaml" in pipeline.report_skip_reason(every, [], "other.yaml")
     assert pipeline.report_skip_reason(every, ["profile=smoke"]) is None
+    scheduled = {"adaptflow.prefect_deployment": "adaptflow-pipeline/nightly"}
+    assert "a scheduled run" in pipeline.report_skip_reason(every, [], "params.yaml", scheduled)
     assert "only stages" in pipeline.report_skip_reason(IMAGE_STAGES, ["profile=smoke"])
 
 

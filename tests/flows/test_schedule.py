@@ -43,6 +43,12 @@ SCHEDULE = {
 }
 
 
+def terminal_signals() -> None:
+    """In the child: SIGINT as in a terminal. A background job of a non-interactive shell (as
+    CI may start pytest) has SIGINT ignored, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,11 +86,12 @@ def stop(proc: subprocess.Popen, timeout: float = 90) -> list[psutil.Process]:
     return left
 
 
-@pytest.fixture
-def env(tmp_path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("prefect-home")
     env = dict(os.environ)
     env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_HOME": str(home),
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",
         "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -93,14 +100,16 @@ def env(tmp_path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def server(env, tmp_path):
+@pytest.fixture(scope="module")
+def server(env, tmp_path_factory):
+    """One Prefect server for this module's tests (each uses its own deployment name)."""
+    tmp_path = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
          "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=terminal_signals,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 120
@@ -116,9 +125,9 @@ def server(env, tmp_path):
         stop(proc)
         pytest.fail("the Prefect server did not start in 120 s")
     yield url, proc
-    if proc.poll() is None:  # the test stops it itself when it gets that far
-        stop(proc)
+    left = stop(proc)
     log.close()
+    assert not left, f"the Prefect server left processes running: {left}"
 
 
 @pytest.fixture
@@ -139,13 +148,13 @@ def flow_runs(url: str, deployment: str) -> list[dict]:
 
 
 def test_served_deployment_runs_on_its_schedule_and_stops_cleanly(scheduled_project, server, env):
-    url, server_proc = server
+    url, _ = server
     env = env | {"PREFECT_API_URL": url}
     out = open(scheduled_project / "serve.log", "w")  # noqa: SIM115 - closed below
     serving = subprocess.Popen(
         [sys.executable, "-m", "flows.schedule", "serve", "--interval", "10"],
         cwd=scheduled_project, env=env, stdout=out, stderr=subprocess.STDOUT,
-        start_new_session=True,
+        start_new_session=True, 
     )  # fmt: skip
 
     def log() -> str:
@@ -173,6 +182,9 @@ def test_served_deployment_runs_on_its_schedule_and_stops_cleanly(scheduled_proj
             f"{url}/deployments/{scheduled['deployment_id']}", json={"paused": True}, timeout=10
         )
         assert paused.status_code == 204, paused.text
+        for r in flow_runs(url, SCHEDULE["name"]):  # runs scheduled before the pause
+            if r["state_type"] == "SCHEDULED":
+                httpx.delete(f"{url}/flow_runs/{r['id']}", timeout=10)
         deadline = time.monotonic() + 120
         while any(r["state_type"] in ACTIVE for r in flow_runs(url, SCHEDULE["name"])):
             assert time.monotonic() < deadline, f"a scheduled run did not finish\n{log()}"
@@ -211,8 +223,6 @@ def test_served_deployment_runs_on_its_schedule_and_stops_cleanly(scheduled_proj
     assert not [r for r in runs.values() if r["state_type"] in (*ACTIVE, "CRASHED", "FAILED")]
     assert not client.search_runs([exp], "attributes.status = 'RUNNING'")
 
-    assert not stop(server_proc), "the Prefect server left processes running"
-
 
 def test_schedule_refuses_bad_settings_before_serving(project, env, monkeypatch):
     from flows.schedule import ScheduleError, serve
@@ -250,3 +260,20 @@ def test_schedule_refuses_bad_settings_before_serving(project, env, monkeypatch)
     assert proc.returncode == 1, proc.stderr
     assert "no Prefect server answers" in proc.stderr and "make prefect-server" in proc.stderr
     assert not (project / "mlruns").exists()
+
+
+def test_schedule_once_refuses_to_wait_for_a_deployment_nobody_serves(project, server, env):
+    url, _ = server
+    env = env | {"PREFECT_API_URL": url}
+    once = [sys.executable, "-m", "flows.schedule", "once"]
+    missing = subprocess.run(once, cwd=project, env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and "no deployment adaptflow-pipeline/nightly" in missing.stderr
+    # a deployment registered on the server that no process serves (as after `make schedule`
+    # stopped): created through the REST API
+    flow = httpx.post(f"{url}/flows/", json={"name": "adaptflow-pipeline"}, timeout=10).json()
+    made = httpx.post(
+        f"{url}/deployments/", json={"name": "nightly", "flow_id": flow["id"]}, timeout=10
+    )
+    assert made.status_code in (200, 201), made.text
+    idle = subprocess.run(once, cwd=project, env=env, capture_output=True, text=True)
+    assert idle.returncode == 1 and "is not served" in idle.stderr and "--no-wait" in idle.stderr
