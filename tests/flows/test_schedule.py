@@ -142,9 +142,22 @@ def scheduled_project(project):
 ACTIVE = ("PENDING", "RUNNING")
 
 
+def api(method: str, url: str, **kwargs) -> httpx.Response:
+    """A call to the Prefect server, again while it answers 503 (its sqlite database busy
+    under load) for up to 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        r = httpx.request(method, url, timeout=10, **kwargs)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return r
+        time.sleep(1)
+
+
 def flow_runs(url: str, deployment: str) -> list[dict]:
     body = {"deployments": {"name": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC"}
-    return httpx.post(f"{url}/flow_runs/filter", json=body, timeout=10).json()
+    r = api("POST", f"{url}/flow_runs/filter", json=body)
+    r.raise_for_status()
+    return r.json()
 
 
 def test_served_deployment_runs_on_its_schedule_and_stops_cleanly(scheduled_project, server, env):
@@ -173,18 +186,18 @@ def test_served_deployment_runs_on_its_schedule_and_stops_cleanly(scheduled_proj
         assert completed, f"no scheduled run completed in 180 s\n{log()}"
         scheduled = completed[0]
         assert scheduled["auto_scheduled"] is True  # made by the schedule, not by hand
-        deployment = httpx.get(f"{url}/deployments/{scheduled['deployment_id']}").json()
+        deployment = api("GET", f"{url}/deployments/{scheduled['deployment_id']}").json()
         assert deployment["name"] == SCHEDULE["name"]
         assert deployment["parameters"]["overrides"] == ["profile=smoke", *SCHEDULE["overrides"]]
         # pause the schedule (as in the UI) and let a run it already started finish, so the
         # trigger below and the shutdown do not race a scheduled run
-        paused = httpx.patch(
-            f"{url}/deployments/{scheduled['deployment_id']}", json={"paused": True}, timeout=10
+        paused = api(
+            "PATCH", f"{url}/deployments/{scheduled['deployment_id']}", json={"paused": True}
         )
         assert paused.status_code == 204, paused.text
         for r in flow_runs(url, SCHEDULE["name"]):  # runs scheduled before the pause
             if r["state_type"] == "SCHEDULED":
-                httpx.delete(f"{url}/flow_runs/{r['id']}", timeout=10)
+                api("DELETE", f"{url}/flow_runs/{r['id']}")
         deadline = time.monotonic() + 120
         while any(r["state_type"] in ACTIVE for r in flow_runs(url, SCHEDULE["name"])):
             assert time.monotonic() < deadline, f"a scheduled run did not finish\n{log()}"
@@ -270,10 +283,8 @@ def test_schedule_once_refuses_to_wait_for_a_deployment_nobody_serves(project, s
     assert missing.returncode == 1 and "no deployment adaptflow-pipeline/nightly" in missing.stderr
     # a deployment registered on the server that no process serves (as after `make schedule`
     # stopped): created through the REST API
-    flow = httpx.post(f"{url}/flows/", json={"name": "adaptflow-pipeline"}, timeout=10).json()
-    made = httpx.post(
-        f"{url}/deployments/", json={"name": "nightly", "flow_id": flow["id"]}, timeout=10
-    )
+    flow = api("POST", f"{url}/flows/", json={"name": "adaptflow-pipeline"}).json()
+    made = api("POST", f"{url}/deployments/", json={"name": "nightly", "flow_id": flow["id"]})
     assert made.status_code in (200, 201), made.text
     idle = subprocess.run(once, cwd=project, env=env, capture_output=True, text=True)
     assert idle.returncode == 1 and "is not served" in idle.stderr and "--no-wait" in idle.stderr
