@@ -9,6 +9,7 @@ PORT ?= 5000
 PREFECT_PORT ?= 4200
 SET ?=
 PYTEST_ARGS ?=
+REMOTE ?=
 
 # tools keep their state inside the project; no telemetry, nothing downloads at run time
 export PREFECT_HOME := $(CURDIR)/.prefect
@@ -25,7 +26,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: help
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: PROFILE=default|smoke  SET='ae.epochs=3 ae.lr=0.01'  PORT=5000  PREFECT_PORT=4200"
+	@echo "  variables: PROFILE=default|smoke  SET='ae.epochs=3 ae.lr=0.01'  PORT=5000  PREFECT_PORT=4200  REMOTE=<dvc remote>"
 	@echo "  environment: MLFLOW_TRACKING_URI=http://host:port sends runs to a server instead of mlruns/"
 
 $(STAMP): pyproject.toml
@@ -41,6 +42,32 @@ setup: $(STAMP) ## create/update .venv (re-installs only when pyproject.toml cha
 .PHONY: data
 data: $(STAMP) ## prepare the datasets (dvc repro prepare -> data/prepared/)
 	$(BIN)/dvc repro prepare
+
+# data-push / data-pull: the DVC remote REMOTE=name, else the default one (`dvc remote add -d`)
+DVC_REMOTE_ARG = $(if $(REMOTE),-r $(REMOTE),)
+define need_dvc_remote
+	@if [ -z "$(REMOTE)" ] && ! $(BIN)/dvc remote default >/dev/null 2>&1; then \
+	  remotes="$$($(BIN)/dvc remote list | awk '{print $$1}' | xargs)"; \
+	  if [ -n "$$remotes" ]; then \
+	    echo "no default DVC remote: pass REMOTE=NAME (configured: $$remotes)" \
+	      "or set one with 'dvc remote default NAME'" >&2; \
+	  else \
+	    echo "no DVC remote configured: add one with 'dvc remote add -d NAME URL'" \
+	      "(README: Sharing the prepared data)" >&2; \
+	  fi; \
+	  exit 2; \
+	fi
+endef
+
+.PHONY: data-push
+data-push: data ## push data/prepared to the DVC remote (REMOTE=name, else the default remote)
+	$(need_dvc_remote)
+	$(BIN)/dvc push $(DVC_REMOTE_ARG)
+
+.PHONY: data-pull
+data-pull: $(STAMP) ## fetch data/prepared from the DVC remote instead of preparing it (REMOTE=name)
+	$(need_dvc_remote)
+	$(BIN)/dvc pull $(DVC_REMOTE_ARG)
 
 .PHONY: pipeline
 pipeline: data ## run the pipeline (PROFILE=smoke for the ~1 min version; SET='k=v ...' overrides)
