@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from prefect import flow
 
 from adaptflow import dvc_plots
 from adaptflow.config import load_params, parse_overrides
+from adaptflow.files import atomic_write_text
+from adaptflow.sweep import task_runners
 from flows.ae import ae_flow
 from flows.da import da_flow
 from flows.features import features_flow
@@ -50,12 +50,7 @@ def _metrics(outcomes: dict[str, dict]) -> dict[str, float]:
 
 def _write_metrics(path: Path, outcomes: dict[str, dict]) -> None:
     """The metrics of every stage for `dvc metrics show`, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = _metrics(outcomes)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(body, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_metrics(outcomes), indent=2, sort_keys=True))
 
 
 @flow(name="adaptflow-pipeline")
@@ -96,20 +91,21 @@ def pipeline_flow(
                 "overrides": overrides,
             }
         )
-        for name in chosen:
-            spec = STAGES.get(name)
-            done = [d for d in spec.depends_on if d in outcomes]  # else: from the registry
-            out = STAGE_FLOWS[name](
-                params_path,
-                overrides,
-                root,
-                parent.info.run_id,
-                force,
-                progress,
-                {d: outcomes[d]["cache_key"] for d in done},
-                {d: upstream_ref(outcomes[d]) for d in done},
-            )
-            outcomes[name] = out  # the registry gate ran inside the stage (stages.base.execute)
+        with task_runners(params.runner) as task_runner:  # a local Dask cluster lives here
+            for name in chosen:
+                spec = STAGES.get(name)
+                done = [d for d in spec.depends_on if d in outcomes]  # else: from the registry
+                out = STAGE_FLOWS[name].with_options(task_runner=task_runner())(
+                    params_path,
+                    overrides,
+                    root,
+                    parent.info.run_id,
+                    force,
+                    progress,
+                    {d: outcomes[d]["cache_key"] for d in done},
+                    {d: upstream_ref(outcomes[d]) for d in done},
+                )
+                outcomes[name] = out  # the registry gate ran inside the stage (base.execute)
         runs.log_metrics({k: v for o in outcomes.values() for k, v in o["metrics"].items()})
         runs.log_metrics({"pipeline/stages_cached": sum(o["cache_hit"] for o in outcomes.values())})
     skip = report_skip_reason(list(outcomes), overrides, params_path, tags)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from adaptflow.config import load_params
 from adaptflow.retry import retry_transient
@@ -66,7 +67,9 @@ def run_stage_task(
 def stage_flow(stage: str):
     """The Prefect flow of one stage (a subflow of the pipeline, or run alone)."""
 
-    @flow(name=stage)
+    # sweep units run one after another unless the pipeline passes a Dask runner
+    # (adaptflow.sweep.task_runners): `.with_options(task_runner=...)`
+    @flow(name=stage, task_runner=ThreadPoolTaskRunner(max_workers=1))
     def _flow(
         params_path: str = "params.yaml",
         overrides: list[str] | None = None,

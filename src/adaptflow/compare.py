@@ -26,6 +26,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from adaptflow.files import atomic_write_bytes, atomic_write_text
 from adaptflow.tracking.runs import DESCRIBED, NOTE, TAG_FROM
 
 GROUP_TAGS = [k for k in DESCRIBED if k != "adaptflow.seed"]  # what a table row is
@@ -432,20 +433,11 @@ def write(report: Report, out_dir: Path) -> tuple[Path, Path]:
         if f"img/{stale.name}" not in report.images:
             stale.unlink()  # from an older report: not linked any more
     for rel, data in report.images.items():
-        _atomic(out_dir / rel, data)
+        atomic_write_bytes(out_dir / rel, data)
     md, page = out_dir / "compare.md", out_dir / "compare.html"
-    _atomic(md, report.markdown.encode())
-    _atomic(page, page_text)
+    atomic_write_text(md, report.markdown)
+    atomic_write_bytes(page, page_text)
     return md, page
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def log_on(run, report: Report) -> None:

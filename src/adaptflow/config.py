@@ -692,6 +692,39 @@ class RetryConfig(Frozen):
     delay_seconds: float = Field(30.0, ge=0, le=3600, description="wait before each retry")
 
 
+class RunnerConfig(Frozen):
+    """Where a stage's sweep units (method x seed x pair, fraction x seed ...) run: Prefect
+    tasks mapped over a task runner (adaptflow.sweep). `local`: one after another in the
+    pipeline's process. `dask`: prefect_dask.DaskTaskRunner on a local cluster of `workers`
+    processes, or on the existing Dask cluster at `address`. Results do not depend on it."""
+
+    kind: Literal["local", "dask"] = "local"
+    address: str | None = Field(
+        None, description="scheduler of an existing Dask cluster (tcp://host:8786); None: local"
+    )
+    workers: int = Field(2, ge=1, le=256, description="processes of the local Dask cluster")
+    dashboard: str = Field(
+        "127.0.0.1:0", description="where the local cluster's dashboard listens (:0 any port)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_kind(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v  # `runner: dask`, `--set runner=dask`
+
+    @model_validator(mode="after")
+    def _loopback_dashboard(self) -> RunnerConfig:
+        host = self.dashboard.rpartition(":")[0]
+        if host not in ("127.0.0.1", "localhost"):
+            raise ValueError(
+                f"runner.dashboard = {self.dashboard!r}: the dashboard binds 127.0.0.1 only "
+                "(e.g. 127.0.0.1:8787); reach it from elsewhere through an SSH tunnel"
+            )
+        if self.address is not None and self.kind != "dask":
+            raise ValueError("runner.address is set but runner.kind is not dask; set both")
+        return self
+
+
 class ScheduleConfig(Frozen):
     """The pipeline served as a Prefect deployment (`make schedule`, flows/schedule.py)."""
 
@@ -743,6 +776,7 @@ class Params(Frozen):
     finetune: FinetuneStageConfig = Field(default_factory=FinetuneStageConfig)
     da: DAStageConfig = Field(default_factory=DAStageConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

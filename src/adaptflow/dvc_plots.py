@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from adaptflow.files import atomic_write_text
 
 # metric key -> figure; the match names its file (`file`), row (`row`, the x value) and column
 PATTERNS = [
@@ -67,13 +67,7 @@ def write(directory: Path, metrics: dict[str, float]) -> list[Path]:
         w.writerow([_x(figure), *columns])
         for row in sorted(rows, key=lambda r: _sort_key(figure, r)):
             w.writerow([row, *(_cell(rows[row].get(c)) for c in columns)])
-        path = directory / f"{figure}.csv"
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(buf.getvalue())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        written.append(path)
+        written.append(atomic_write_text(directory / f"{figure}.csv", buf.getvalue()))
     for stale in set(directory.glob("*.csv")) - set(written):
         stale.unlink()
     return written

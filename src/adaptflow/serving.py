@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from adaptflow.files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -200,20 +200,14 @@ def write_csv(pred: Prediction, out: Path) -> None:
     out = Path(out)
     if out.is_dir():
         raise ServingError(f"--out {out} is a folder; give a file name, e.g. {out / 'preds.csv'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a CSV is shared
-        with os.fdopen(fd, "w", newline="") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(pred.columns)
             w.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in pred.rows])
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(out, write)
 
 
 def registry_rows(client=None) -> list[dict]:

@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from adaptflow.config import load_params
 from adaptflow.data import prepare_all
@@ -26,12 +25,6 @@ TINY = [
     "da.select_points=100",
     "da.tsne_points=30",
 ]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 def run_da(overrides):

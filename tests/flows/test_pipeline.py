@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from adaptflow.config import load_params
 from adaptflow.data import prepare_all
@@ -29,12 +28,6 @@ SMOKE = [
     "pretrain.max_train=300",
     "pretrain.lr=0.01",  # 2 epochs x 5 steps at 1e-3 stay at chance; the test wants learning
 ]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import requests
 import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
-from prefect.testing.utilities import prefect_test_harness
 
 from adaptflow.config import ParamsError, load_params
 from adaptflow.data import DataError, prepare_all
@@ -84,12 +83,6 @@ def gave_up() -> MlflowException:
 )
 def test_only_transient_errors_are_retried(exc, transient):
     assert is_transient(exc) is transient
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from adaptflow.config import load_params
 from adaptflow.data import prepare_all
@@ -36,12 +35,6 @@ TINY = [
     "features.max_test=100",
     "features.tsne_points=40",
 ]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 @pytest.fixture
@@ -209,6 +202,7 @@ def test_each_backbone_is_gated_against_its_own_champion(chain_project, monkeypa
     assert reason["gate.reason"].startswith("worse") and "champion v" in reason["gate.reason"]
 
 
+@pytest.mark.slow  # ~85 s: two source stages
 def test_a_failed_alias_move_puts_every_alias_back(chain_project, monkeypatch):
     """Both new versions would be champions; moving the second alias fails: the first alias goes
     back to its previous holder and both new versions are marked aborted."""

@@ -138,6 +138,7 @@ def _target_accuracy(
         return float((method.predict(torch.from_numpy(x_t)).argmax(1).numpy() == y_t).mean())
 
 
+@pytest.mark.slow  # ~70 s: nine trainings
 def test_adaptation_beats_source_only_on_a_rotated_two_moons_shift():
     """Two moons, the target rotated 35°, no target label used: MMD and DANN beat source-only
     on every seed (measured: source-only ~0.65, MMD ~0.85, DANN 0.70-0.93). DANN's plain

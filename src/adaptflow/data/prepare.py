@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from adaptflow.data.base import SOURCES, DataError, Split
+from adaptflow.files import atomic_write
 
 FIX = "run `make data` (or `dvc repro prepare`) to create it"
 
@@ -31,19 +30,6 @@ def file_digests(path: Path) -> tuple[str, str]:
             md5.update(chunk)
             sha.update(chunk)
     return md5.hexdigest(), sha.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def manifest_for(name: str, split: Split, md5: str, sha256: str) -> dict:
@@ -90,7 +76,7 @@ def skip_reason(cfg) -> str | None:
 
 
 def _write_manifest(out_dir: Path, name: str, manifest: dict) -> None:
-    _atomic_write(
+    atomic_write(
         out_dir / f"{name}.json",
         lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n"),
     )
@@ -111,7 +97,7 @@ def prepare_source(name: str, cfg, seed: int, out_dir: Path) -> dict:
         with open(tmp, "wb") as f:  # a file object: savez must not append '.npz' to the tmp name
             np.savez_compressed(f, **arrays)
 
-    _atomic_write(npz_path, write_npz)
+    atomic_write(npz_path, write_npz)
     md5, sha = file_digests(npz_path)
     manifest = manifest_for(name, split, md5, sha)
     _write_manifest(out_dir, name, manifest)

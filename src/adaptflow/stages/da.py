@@ -18,6 +18,7 @@ its registry gate is the criterion measured on the *gate* half, never the data t
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -39,6 +40,7 @@ from adaptflow.stages.base import (
     StageSpec,
     split_fingerprint,
 )
+from adaptflow.sweep import sweep
 from adaptflow.training import seed_everything
 
 BASELINE, ORACLE = "source_only", "target_oracle"
@@ -480,23 +482,36 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
             continue
         pairs[label] = pair_data(label, pc, cfg, data[pc.source], data[pc.target], params.seed)
     for label, pd in pairs.items():
-        pc = cfg.pairs[label]
         runs.set_tags(
             {
-                f"adaptflow.da.{label}.protocol": pc.protocol,
+                f"adaptflow.da.{label}.protocol": cfg.pairs[label].protocol,
                 f"adaptflow.da.{label}.preprocessing": str(pd.meta["preprocessing"])[:500],
             }
         )
-        inputs = input_gap(pd, params.seed)
+    # every (pair, seed, method) is a sweep unit: on `runner: dask` they run concurrently
+    order = [
+        (label, name, seed)
+        for label in pairs
+        for i, seed in enumerate(cfg.seeds)
+        for name in cfg.methods[i % len(cfg.methods) :] + cfg.methods[: i % len(cfg.methods)]
+    ]  # the method order rotates with the seed: no method always runs first
+    results = sweep(
+        [
+            functools.partial(sweep_unit, name, cfg, params, pairs[label], seed, protocol)
+            for label, name, seed in order
+        ],
+        ctx,
+        [f"da/{label}/{name}-s{seed}" for label, name, seed in order],
+    )
+    for label, pd in pairs.items():
+        pc = cfg.pairs[label]
         models: dict[tuple[str, int], object] = {}
-        for seed in cfg.seeds:
-            first = cfg.seeds.index(seed) % len(cfg.methods)  # no method always runs first
-            for name in cfg.methods[first:] + cfg.methods[:first]:
-                rec, model = one_run(name, cfg, params, pd, seed, ctx, protocol)
+        for (lbl, name, seed), (rec, model) in zip(order, results, strict=True):
+            if lbl == label:
                 records.append(rec)
                 if seed == cfg.seeds[0]:
                     models[(name, seed)] = model
-        extras[label] = {"inputs": inputs, "pair": pd.summary()}
+        extras[label] = {"inputs": input_gap(pd, params.seed), "pair": pd.summary()}
         da_report.log_runs(records)  # what is done so far survives a crash in a later pair
         reg = register_choice(label, records, cfg, models, pd, ctx.device, params.seed)
         if reg is not None:
@@ -558,6 +573,13 @@ def input_gap(pd: PairData, seed: int) -> dict[str, float]:
 
     flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
     return {"pad": da_scores.proxy_a_distance(flat(pd.x_st), flat(pd.x_te), seed, GAP_POINTS)}
+
+
+def sweep_unit(name, cfg, params, pd: PairData, seed: int, protocol: str, ctx) -> tuple:
+    """One unit of the stage's sweep: (record, model); the model only for the first seed
+    (registration and t-SNE use those; a Dask worker sends nothing more back)."""
+    rec, model = one_run(name, cfg, params, pd, seed, ctx, protocol)
+    return rec, model if seed == cfg.seeds[0] else None
 
 
 def one_run(name, cfg, params, pd: PairData, seed: int, ctx, protocol: str) -> tuple[dict, object]:

@@ -21,8 +21,9 @@ data that chose the arm. Test data is reported only.
 from __future__ import annotations
 
 import copy
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from adaptflow.stages.base import (
     test_size,
 )
 from adaptflow.stages.budget import data_plan, gate_indices, label_budget
+from adaptflow.sweep import sweep as run_units
 from adaptflow.training import seed_everything
 
 ARMS = ("features", "finetune", "scratch")
@@ -168,6 +170,54 @@ def train_arm(arm: str, c: ArmContext, fit: np.ndarray, seed: int, on_epoch, des
     return model, history, test_acc, trainable, history.train_seconds
 
 
+def arm_unit(label, arm, c: ArmContext, fit, fraction, seed, keep: bool, ctx) -> tuple:
+    """One sweep unit: one arm at one label fraction and seed, its own nested run; (record,
+    model) with the model only when `keep` (the gate's fraction and seed)."""
+    from adaptflow.tracking import runs
+
+    c = replace(c, device=ctx.device, progress=ctx.progress)
+    name = f"{label}-{arm}-f{fraction:g}-s{seed}"
+    common = {"backbone": label, "fraction": fraction, "seed": seed, "n_labels": len(fit)}
+    tags = {
+        "adaptflow.backbone": label,
+        "adaptflow.fraction": f"{fraction:g}",
+        "adaptflow.seed": str(seed),
+        "adaptflow.selection_protocol": SELECTION,
+        "adaptflow.arm": arm,
+    }
+    with runs.run(f"finetune/{name}", tags=tags):
+        runs.log_params(common | {"arm": arm})
+
+        def on_epoch(epoch: int, m: dict[str, float]) -> None:
+            runs.log_metrics({f"finetune/{k}": v for k, v in m.items()}, step=epoch)
+
+        seed_everything(seed)
+        model, history, test_acc, trainable, seconds = train_arm(
+            arm, c, fit, seed, on_epoch, f"finetune/{name}"
+        )
+        curves = curve_record(history)
+        if arm == "features":  # its clock includes embedding its images
+            shift = c.per_image_extract * len(fit)
+            curves["epoch_times"] = [t + shift for t in curves["epoch_times"]]
+        rec = common | {
+            "arm": arm,
+            "test_acc": test_acc,
+            "train_seconds": seconds,
+            "epoch_seconds": float(np.mean(history.series("epoch_seconds"))),
+            "epochs": len(history.epochs),
+            "trainable_params": trainable,
+            **curves,
+        }
+        runs.log_metrics(
+            {
+                "finetune/test_acc": test_acc,
+                "finetune/train_seconds": seconds,
+                "finetune/trainable_params": trainable,
+            }
+        )
+    return rec, model if keep else None
+
+
 def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     from adaptflow.methods.transfer import accuracy
     from adaptflow.stages import transfer_report
@@ -229,58 +279,33 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
             ctx.device,
             ctx.progress,
         )
-        candidates: dict[str, object] = {}  # arm -> model at (f_gate, s_gate)
-        for seed in sweep.seeds:
-            for fraction in sweep.label_fractions:
-                fit = budgets[(fraction, seed)].fit
-                common = {
-                    "backbone": label,
-                    "fraction": fraction,
-                    "seed": seed,
-                    "n_labels": len(fit),
-                }
-                tags = {
-                    "adaptflow.backbone": label,
-                    "adaptflow.fraction": f"{fraction:g}",
-                    "adaptflow.seed": str(seed),
-                    "adaptflow.selection_protocol": SELECTION,
-                }
-                first = sweep.seeds.index(seed) % len(ARMS)  # rotate: no arm always first
-                for arm in ARMS[first:] + ARMS[:first]:
-                    name = f"{label}-{arm}-f{fraction:g}-s{seed}"
-                    with runs.run(f"finetune/{name}", tags=tags | {"adaptflow.arm": arm}):
-                        runs.log_params(common | {"arm": arm})
-
-                        def on_epoch(epoch: int, m: dict[str, float]) -> None:
-                            runs.log_metrics({f"finetune/{k}": v for k, v in m.items()}, step=epoch)
-
-                        seed_everything(seed)
-                        model, history, test_acc, trainable, seconds = train_arm(
-                            arm, ctx_arm, fit, seed, on_epoch, f"finetune/{name}"
-                        )
-                        curves = curve_record(history)
-                        if arm == "features":  # its clock includes embedding its images
-                            shift = per_image_extract * len(fit)
-                            curves["epoch_times"] = [t + shift for t in curves["epoch_times"]]
-                        rec = common | {
-                            "arm": arm,
-                            "test_acc": test_acc,
-                            "train_seconds": seconds,
-                            "epoch_seconds": float(np.mean(history.series("epoch_seconds"))),
-                            "epochs": len(history.epochs),
-                            "trainable_params": trainable,
-                            **curves,
-                        }
-                        runs.log_metrics(
-                            {
-                                "finetune/test_acc": test_acc,
-                                "finetune/train_seconds": seconds,
-                                "finetune/trainable_params": trainable,
-                            }
-                        )
-                    records.append(rec)
-                    if fraction == f_gate and seed == s_gate:
-                        candidates[arm] = model
+        order = [  # every (seed, fraction, arm) is a sweep unit (concurrent on runner: dask)
+            (seed, fraction, arm)
+            for i, seed in enumerate(sweep.seeds)
+            for fraction in sweep.label_fractions
+            for arm in ARMS[i % len(ARMS) :] + ARMS[: i % len(ARMS)]  # no arm always first
+        ]
+        results = run_units(
+            [
+                functools.partial(
+                    arm_unit,
+                    label,
+                    arm,
+                    ctx_arm,
+                    budgets[(fraction, seed)].fit,
+                    fraction,
+                    seed,
+                    fraction == f_gate and seed == s_gate,
+                )
+                for seed, fraction, arm in order
+            ],
+            ctx,
+            [f"finetune/{label}-{arm}-f{fraction:g}-s{seed}" for seed, fraction, arm in order],
+        )
+        candidates = {
+            arm: model for (_, _, arm), (_, model) in zip(order, results, strict=True) if model
+        }
+        records += [rec for rec, _ in results]
         pick = _register_best(
             label, candidates, x_all, y_all, pick_idx, gate_idx, ctx.device, accuracy
         )

@@ -194,12 +194,27 @@ CHECKS: dict[str, Callable[[Params], None]] = {
 }
 
 
+def _check_runner(params: Params) -> None:
+    """An existing Dask cluster's workers cannot write this checkout's sqlite store (their
+    artifact links would point under their own folders): they need a tracking server."""
+    from adaptflow.tracking.store import user_uri
+
+    if params.runner.address is not None and user_uri() is None:
+        raise _error(
+            f"runner.address = {params.runner.address!r}: the workers of an existing Dask "
+            "cluster log to MLflow themselves, so they need a tracking server they can reach; "
+            "set MLFLOW_TRACKING_URI (e.g. `make tracking-server`), or drop runner.address "
+            "for a local cluster"
+        )
+
+
 def check_against_data(params: Params, stages: list[str]) -> None:
     """Raise ParamsError for the first param of `stages` the prepared data (or the machine:
     `device: cuda` without a GPU) cannot satisfy."""
     from adaptflow.training.device import resolve_device
 
     resolve_device(params.device)  # at once, before any run; not after the first stage's data
+    _check_runner(params)
     for stage in stages:
         check = CHECKS.get(stage)
         if check is not None:

@@ -10,6 +10,7 @@ import traceback
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,21 @@ def git_commit(root: Path | str = ".") -> str:
         return "unknown"
 
 
+# a sweep unit in a Dask worker has no active run to nest under: it names the stage's run here
+_PARENT: ContextVar[tuple[str, str, dict] | None] = ContextVar("adaptflow_parent", default=None)
+
+
+@contextmanager
+def parent_scope(run_id: str, experiment_id: str, tags: dict[str, str]) -> Iterator[None]:
+    """Runs started here without an active run nest under `run_id` (in `experiment_id`) and
+    carry `tags` (e.g. the worker that ran them)."""
+    token = _PARENT.set((run_id, experiment_id, dict(tags)))
+    try:
+        yield
+    finally:
+        _PARENT.reset(token)
+
+
 @contextmanager
 def run(
     name: str,
@@ -82,6 +98,9 @@ def run(
     (`compare_tags`) and every run a one-line description."""
     tags = compare_tags(name, tags or {})
     current = mlflow.active_run()
+    if current is None and parent_run_id is None and _PARENT.get() is not None:
+        parent_run_id, experiment_id, scope_tags = _PARENT.get()
+        tags = scope_tags | tags
     if experiment_id is None and current is not None:
         experiment_id = current.info.experiment_id
     active = mlflow.start_run(

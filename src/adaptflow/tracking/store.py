@@ -36,7 +36,8 @@ class StoreError(RuntimeError):
     """The local store cannot be used as asked (e.g. relative artifact links from another cwd)."""
 
 
-def _user_uri() -> str | None:
+def user_uri() -> str | None:
+    """The tracking URI the user set (a server), None when runs go to the local store."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     return None if uri is None or uri == _OWN_URI else uri
 
@@ -45,7 +46,7 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     root = Path(root).resolve()
-    uri = _user_uri()
+    uri = user_uri()
     own = uri is None
     if own:
         uri = _local_db(root)  # refuses another cwd before anything is created
@@ -66,7 +67,7 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
 def use_store(root: Path | str = ".") -> str:
     """Point MLflow at the existing store to read it (load models, list the registry): writes
     nothing, creates no experiment. The local store must exist and be used from its root."""
-    uri = _user_uri()
+    uri = user_uri()
     if uri is None:
         db = Path(root).resolve() / "mlruns" / "mlflow.db"
         if not db.exists():
