@@ -17,6 +17,9 @@ from collections.abc import Iterator
 # MLflow's error codes of a server that may answer later (mlflow.protos.databricks_pb2 names;
 # not INTERNAL_ERROR: it is every MlflowException's default code, bugs included)
 TRANSIENT_MLFLOW_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
+# the HTTP answers MLflow's REST client may give up on that a server gives when busy or between
+# restarts ("too many 503 error responses"); not 500: a server-side bug or broken store says 500
+TRANSIENT_HTTP = ("429", "502", "503", "504")
 # what a busy or unreachable database says through SQLAlchemy / MLflow's wrapping of it
 TRANSIENT_DB_TEXT = (
     "database is locked",
@@ -50,6 +53,7 @@ def _db_text_is_transient(exc: BaseException) -> bool:
 
 
 def _one_is_transient(exc: BaseException) -> bool:
+    """One error of the chain (database errors are decided in `is_transient`)."""
     if isinstance(exc, ConnectionError | TimeoutError):  # builtins: refused, reset, timed out
         return True
     try:  # requests' errors are not the builtins (MLflow's REST client raises them)
@@ -62,14 +66,13 @@ def _one_is_transient(exc: BaseException) -> bool:
             return True
     except ImportError:  # pragma: no cover - mlflow depends on requests
         pass
-    if _is_db_error(exc):
-        return _db_text_is_transient(exc)
     kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
     if kind.startswith("mlflow.exceptions."):
         text = str(exc).lower()
-        gave_up = "too many 5" in text or "too many 429" in text  # its HTTP retries ran out
-        code = getattr(exc, "error_code", "")
-        return code in TRANSIENT_MLFLOW_CODES or gave_up or _db_text_is_transient(exc)
+        if "operationalerror" in text:  # a database error as text (e.g. from a server): the
+            return _db_text_is_transient(exc)  # database's message decides, not MLflow's code
+        gave_up = any(f"too many {code} error responses" in text for code in TRANSIENT_HTTP)
+        return getattr(exc, "error_code", "") in TRANSIENT_MLFLOW_CODES or gave_up
     return False
 
 

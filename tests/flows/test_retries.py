@@ -62,6 +62,23 @@ def gave_up() -> MlflowException:
         (raised_from(RuntimeError("logging failed"), ConnectionResetError()), True),
         (as_mlflow_raises(locked()), True),
         (gave_up(), True),
+        (MlflowException("API request failed: too many 429 error responses"), True),
+        # a server whose own database broke, as text: the database's message decides
+        (
+            MlflowException(
+                "(psycopg2.OperationalError) could not connect to server: Connection refused",
+                error_code=TEMPORARILY_UNAVAILABLE,
+            ),
+            True,
+        ),
+        (
+            MlflowException(
+                "(sqlite3.OperationalError) no such table: runs", error_code=TEMPORARILY_UNAVAILABLE
+            ),
+            False,
+        ),
+        # 500: a bug or a broken store behind the server, not worth a retry
+        (MlflowException("API request failed: too many 500 error responses"), False),
         # MLflow's TEMPORARILY_UNAVAILABLE over a database error that will not go away
         (as_mlflow_raises(db_error("no such table: runs")), False),
         (as_mlflow_raises(db_error("attempt to write a readonly database")), False),
