@@ -10,6 +10,8 @@ PREFECT_PORT ?= 4200
 SET ?=
 PYTEST_ARGS ?=
 REMOTE ?=
+TRACKING_PORT ?= 5001
+PG_PORT ?= 5433
 
 # tools keep their state inside the project; no telemetry, nothing downloads at run time
 export PREFECT_HOME := $(CURDIR)/.prefect
@@ -25,8 +27,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: PROFILE=default|smoke  SET='ae.epochs=3 ae.lr=0.01'  PORT=5000  PREFECT_PORT=4200  REMOTE=<dvc remote>"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: PROFILE=default|smoke  SET='ae.epochs=3 ae.lr=0.01'  PORT=5000  PREFECT_PORT=4200  REMOTE=<dvc remote>  TRACKING_PORT=5001  PG_PORT=5433"
 	@echo "  environment: MLFLOW_TRACKING_URI=http://host:port sends runs to a server instead of mlruns/"
 
 $(STAMP): pyproject.toml
@@ -122,6 +124,14 @@ ui: $(STAMP) ## MLflow UI on http://127.0.0.1:PORT for mlruns/ (or for MLFLOW_TR
 	  *)  echo "serving MLFLOW_TRACKING_URI=$$uri on http://127.0.0.1:$(PORT) (not mlruns/)"; \
 	      exec $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT) ;; \
 	esac
+
+.PHONY: tracking-server
+tracking-server: $(STAMP) ## MLflow server on PostgreSQL at http://127.0.0.1:TRACKING_PORT, artifacts served (state in .tracking/)
+	$(BIN)/python -m adaptflow.tracking.server start --port $(TRACKING_PORT) --pg-port $(PG_PORT)
+
+.PHONY: tracking-stop
+tracking-stop: $(STAMP) ## stop the tracking server, then its PostgreSQL (.tracking/ keeps every run)
+	$(BIN)/python -m adaptflow.tracking.server stop
 
 .PHONY: prefect-server
 prefect-server: $(STAMP) ## a real Prefect server + UI on http://127.0.0.1:PREFECT_PORT (state in .prefect/)

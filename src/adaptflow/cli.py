@@ -82,6 +82,13 @@ def run(
     _validated_against_data(params, [stage] if stage else STAGES.names())
     configure_env(".")
     _setup_logging()
+    from adaptflow.tracking.store import StoreError, check_server
+
+    try:
+        check_server()  # in seconds, not after MLflow's ~4 min of retries inside the flow
+    except StoreError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
     from flows.pipeline import pipeline_flow
 
     t0 = time.perf_counter()
@@ -128,7 +135,13 @@ def _print_outcomes(outcomes: dict, seconds: float, profile: str) -> None:
             )
         table.add_row(name, "yes" if o["cache_hit"] else "no", metrics, model, o["run_id"][:12])
     Console().print(table)
-    Console().print("Browse the runs: [bold]make ui[/] (MLflow UI on http://127.0.0.1:5000)")
+    from adaptflow.tracking.store import user_uri
+
+    server = user_uri()
+    if server is not None and server.startswith(("http://", "https://")):
+        Console().print(f"Browse the runs: [bold]{server}[/]")
+    else:
+        Console().print("Browse the runs: [bold]make ui[/] (MLflow UI on http://127.0.0.1:5000)")
 
 
 @app.command()

@@ -21,6 +21,9 @@ def configure_env(root: Path | str = ".") -> None:
         "DVC_SITE_CACHE_DIR": str(root / ".dvc" / "site-cache"),
         "MPLCONFIGDIR": str(root / ".cache" / "matplotlib"),
         "HF_HUB_OFFLINE": "1",  # nothing downloads at run time
+        # with a tracking server: no "View run ..." lines per run, no download progress bars
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)

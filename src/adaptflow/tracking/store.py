@@ -42,12 +42,33 @@ def user_uri() -> str | None:
     return None if uri is None or uri == _OWN_URI else uri
 
 
+def check_server(timeout: float = 5.0) -> None:
+    """Fail in seconds when MLFLOW_TRACKING_URI names an http(s) server that does not answer:
+    MLflow's client retries a refused connection 7 times with growing waits (~4 min) before
+    its error reaches us."""
+    uri = user_uri()
+    if uri is None or not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as e:
+        raise StoreError(
+            f"the tracking server MLFLOW_TRACKING_URI={uri} does not answer "
+            f"({type(e).__name__}): start it (`make tracking-server`), or unset "
+            "MLFLOW_TRACKING_URI to use the local store mlruns/"
+        ) from None
+
+
 def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     root = Path(root).resolve()
     uri = user_uri()
     own = uri is None
+    if not own:
+        check_server()
     if own:
         uri = _local_db(root)  # refuses another cwd before anything is created
         (root / "mlruns").mkdir(parents=True, exist_ok=True)
@@ -67,6 +88,7 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
 def use_store(root: Path | str = ".") -> str:
     """Point MLflow at the existing store to read it (load models, list the registry): writes
     nothing, creates no experiment. The local store must exist and be used from its root."""
+    check_server()
     uri = user_uri()
     if uri is None:
         db = Path(root).resolve() / "mlruns" / "mlflow.db"
