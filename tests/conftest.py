@@ -24,6 +24,15 @@ def pytest_configure(config):
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own temporary sqlite store
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri():
+    """Every test starts without MLFLOW_TRACKING_URI. MLflow writes the URI a test configured
+    into os.environ, and a monkeypatch undone later can put an earlier test's store back: the
+    next test would take it for a user's server and share that store."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+
+
 @pytest.fixture
 def raw_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())

@@ -178,7 +178,8 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     now_ms = int(time.time() * 1000)
     buffer = _pending.setdefault(run_id, [])
     buffer += [Metric(k, v, now_ms, step) for k, v in values.items()]
-    if time.monotonic() - _flushed_at.get(run_id, 0.0) >= FLUSH_SECONDS or len(buffer) >= 900:
+    last = _flushed_at.get(run_id)  # None: the run's first value goes out at once
+    if last is None or time.monotonic() - last >= FLUSH_SECONDS or len(buffer) >= 900:
         flush_metrics(run_id)
 
 
