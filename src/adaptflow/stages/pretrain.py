@@ -24,8 +24,10 @@ gain's 95 % t confidence interval lies above 0).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,6 +54,7 @@ from adaptflow.stages.budget import (
     gate_indices,
     label_budget,
 )
+from adaptflow.sweep import sweep as run_units
 from adaptflow.training import seed_everything
 
 ARMS = ("greedy", "random")
@@ -255,9 +258,159 @@ def report(df, agg, claims, cfg, dataset: str, plan: DataPlan, pretrain_seconds:
 
 
 # ------------------------------------------------------------------ the stage
+@dataclass
+class SeedInputs:
+    """What every seed's unit reads (the same for all seeds)."""
+
+    x_all: np.ndarray
+    y_all: np.ndarray
+    x_pool: np.ndarray  # unlabelled pretraining images
+    monitor: tuple[np.ndarray, np.ndarray]
+    x_te: np.ndarray
+    y_te: np.ndarray
+    budgets: dict  # (fraction, seed) -> LabelBudget
+    gate_idx: np.ndarray
+    gate_at: tuple[float, int]  # (fraction, seed) of the registered model
+    options: object  # the layer method's validated options
+    n_classes: int
+
+
+@dataclass
+class SeedResult:
+    records: list[dict]
+    curves: dict[tuple[float, str], list[float]]  # (fraction, arm) -> monitor accuracy curve
+    pretrain_seconds: float
+    model_uri: str | None = None  # the registered model's, from the gate's seed
+    gate_acc: float = math.nan
+
+
+def seed_unit(seed: int, cfg, d: SeedInputs, ctx: StageContext) -> SeedResult:
+    """One sweep unit: greedy pretraining of one seed (a phase run), then every fraction x arm
+    fine-tuned from it (one run each)."""
+    from adaptflow.tracking import runs
+    from adaptflow.tracking.models import log_torch_model
+
+    x_all, y_all, x_pool, monitor, x_te, y_te = (
+        d.x_all,
+        d.y_all,
+        d.x_pool,
+        d.monitor,
+        d.x_te,
+        d.y_te,
+    )
+    budgets, gate_idx, (f_gate, s_gate), options = d.budgets, d.gate_idx, d.gate_at, d.options
+    n_classes, input_dim = d.n_classes, int(np.prod(x_all.shape[1:]))
+    out = SeedResult([], {}, math.nan)
+    with runs.run(
+        f"pretrain/greedy-s{seed}",
+        tags={
+            "adaptflow.phase": "pretrain",
+            "adaptflow.kind": "phase",
+            "adaptflow.seed": str(seed),
+        },
+    ):
+        runs.log_params(
+            {"layer_method": cfg.layer_method, "seed": seed, **options.model_dump(mode="json")}
+        )
+
+        def on_layer_epoch(k: int, epoch: int, m: dict[str, float]) -> None:
+            runs.log_metrics({f"pretrain/layer{k + 1}_mse": m["mse"]}, step=epoch)
+
+        t0 = time.perf_counter()
+        greedy = greedy_pretrain(
+            x_pool,
+            cfg.layers,
+            cfg.activation,
+            cfg.layer_method,
+            options,
+            cfg.pretrain,
+            ctx.device,
+            seed,
+            ctx.progress,
+            on_layer_epoch,
+        )
+        out.pretrain_seconds = time.perf_counter() - t0
+        runs.log_metrics(
+            {f"pretrain/layer{k + 1}_seconds": s for k, s in enumerate(greedy.layer_seconds)}
+            | {"pretrain/pretrain_seconds": out.pretrain_seconds}
+        )
+    for fraction in cfg.label_fractions:
+        budget = budgets[(fraction, seed)]
+        select = (x_all[budget.select], y_all[budget.select]) if len(budget.select) else None
+        arm_curves = {}
+        for arm in ARMS:
+            net = build_arm(arm, greedy.encoder, cfg, input_dim, n_classes, seed)
+            label = f"{arm}-f{fraction:g}-s{seed}"
+            tags = {
+                "adaptflow.arm": arm,
+                "adaptflow.fraction": f"{fraction:g}",
+                "adaptflow.seed": str(seed),
+                "adaptflow.selection_protocol": protocol(cfg),
+            }
+            with runs.run(f"pretrain/{label}", tags=tags):
+                runs.log_params(
+                    {
+                        "arm": arm,
+                        "fraction": fraction,
+                        "seed": seed,
+                        "label_budget": budget.allowed,
+                        "n_fit": len(budget.fit),
+                        "n_select": len(budget.select),
+                    }
+                )
+
+                def on_epoch(epoch: int, m: dict[str, float]) -> None:
+                    runs.log_metrics({f"pretrain/{k}": v for k, v in m.items()}, step=epoch)
+
+                model, history = fine_tune(
+                    net,
+                    x_all[budget.fit],
+                    y_all[budget.fit],
+                    cfg,
+                    ctx.device,
+                    seed,
+                    ctx.progress,
+                    select=select,
+                    monitor=monitor,
+                    on_epoch_end=on_epoch,
+                    desc=label,
+                )
+                curve = history.series("monitor_acc")
+                rec = {
+                    "arm": arm,
+                    "fraction": fraction,
+                    "seed": seed,
+                    "n_labels": len(budget.used),
+                    "test_acc": model.accuracy(x_te, y_te, ctx.device),
+                    "epoch1_acc": curve[0],
+                    "finetune_seconds": history.seconds,
+                }
+                runs.log_metrics(
+                    {
+                        f"pretrain/{k}": v
+                        for k, v in rec.items()
+                        if isinstance(v, float | int)
+                        and k not in ("fraction", "seed")
+                        and math.isfinite(v)
+                    }
+                )
+                if arm == "greedy" and fraction == f_gate and seed == s_gate:
+                    out.gate_acc = model.accuracy(x_all[gate_idx], y_all[gate_idx], ctx.device)
+                    runs.log_metrics({"pretrain/gate_val_acc": out.gate_acc})
+                    out.model_uri = log_torch_model(model.net, x_all[gate_idx[:4]])
+            out.records.append(rec)
+            arm_curves[arm] = curve
+            out.curves[(fraction, arm)] = curve
+        # one target for both arms of this seed and fraction (see epochs_to_common_level)
+        reached = epochs_to_common_level(arm_curves, cfg.convergence_level, n_classes)
+        for rec in out.records[-len(ARMS) :]:
+            r = reached[rec["arm"]]
+            rec["epochs_to_level"] = math.nan if r is None else float(r)
+    return out
+
+
 def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     from adaptflow.tracking import plots, runs
-    from adaptflow.tracking.models import log_torch_model
 
     cfg = params.pretrain
     prepared = data[cfg.dataset]
@@ -278,115 +431,35 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     }
     f_gate, s_gate = cfg.label_fractions[-1], cfg.seeds[0]
     gate_idx = gate_indices(plan, budgets[(f_gate, s_gate)])
-    records, curves, pretrain_seconds = [], {}, []
     outcome = StageOutcome(model_name=params.model_name("pretrain"))
-    for seed in cfg.seeds:
-        with runs.run(
-            f"pretrain/greedy-s{seed}",
-            tags={
-                "adaptflow.phase": "pretrain",
-                "adaptflow.kind": "phase",
-                "adaptflow.seed": str(seed),
-            },
-        ):
-            runs.log_params(
-                {"layer_method": cfg.layer_method, "seed": seed, **options.model_dump(mode="json")}
-            )
-
-            def on_layer_epoch(k: int, epoch: int, m: dict[str, float]) -> None:
-                runs.log_metrics({f"pretrain/layer{k + 1}_mse": m["mse"]}, step=epoch)
-
-            t0 = time.perf_counter()
-            greedy = greedy_pretrain(
-                x_pool,
-                cfg.layers,
-                cfg.activation,
-                cfg.layer_method,
-                options,
-                cfg.pretrain,
-                ctx.device,
-                seed,
-                ctx.progress,
-                on_layer_epoch,
-            )
-            pretrain_seconds.append(time.perf_counter() - t0)
-            runs.log_metrics(
-                {f"pretrain/layer{k + 1}_seconds": s for k, s in enumerate(greedy.layer_seconds)}
-                | {"pretrain/pretrain_seconds": pretrain_seconds[-1]}
-            )
-        for fraction in cfg.label_fractions:
-            budget = budgets[(fraction, seed)]
-            select = (x_all[budget.select], y_all[budget.select]) if len(budget.select) else None
-            arm_curves = {}
-            for arm in ARMS:
-                net = build_arm(arm, greedy.encoder, cfg, input_dim, n_classes, seed)
-                label = f"{arm}-f{fraction:g}-s{seed}"
-                tags = {
-                    "adaptflow.arm": arm,
-                    "adaptflow.fraction": f"{fraction:g}",
-                    "adaptflow.seed": str(seed),
-                    "adaptflow.selection_protocol": protocol(cfg),
-                }
-                with runs.run(f"pretrain/{label}", tags=tags):
-                    runs.log_params(
-                        {
-                            "arm": arm,
-                            "fraction": fraction,
-                            "seed": seed,
-                            "label_budget": budget.allowed,
-                            "n_fit": len(budget.fit),
-                            "n_select": len(budget.select),
-                        }
-                    )
-
-                    def on_epoch(epoch: int, m: dict[str, float]) -> None:
-                        runs.log_metrics({f"pretrain/{k}": v for k, v in m.items()}, step=epoch)
-
-                    model, history = fine_tune(
-                        net,
-                        x_all[budget.fit],
-                        y_all[budget.fit],
-                        cfg,
-                        ctx.device,
-                        seed,
-                        ctx.progress,
-                        select=select,
-                        monitor=monitor,
-                        on_epoch_end=on_epoch,
-                        desc=label,
-                    )
-                    curve = history.series("monitor_acc")
-                    rec = {
-                        "arm": arm,
-                        "fraction": fraction,
-                        "seed": seed,
-                        "n_labels": len(budget.used),
-                        "test_acc": model.accuracy(x_te, y_te, ctx.device),
-                        "epoch1_acc": curve[0],
-                        "finetune_seconds": history.seconds,
-                    }
-                    runs.log_metrics(
-                        {
-                            f"pretrain/{k}": v
-                            for k, v in rec.items()
-                            if isinstance(v, float | int)
-                            and k not in ("fraction", "seed")
-                            and math.isfinite(v)
-                        }
-                    )
-                    if arm == "greedy" and fraction == f_gate and seed == s_gate:
-                        gate_acc = model.accuracy(x_all[gate_idx], y_all[gate_idx], ctx.device)
-                        runs.log_metrics({"pretrain/gate_val_acc": gate_acc})
-                        outcome.model_uri = log_torch_model(model.net, x_all[gate_idx[:4]])
-                records.append(rec)
-                arm_curves[arm] = curve
-                curves.setdefault((fraction, arm), []).append(curve)
-            # one target for both arms of this seed and fraction (see epochs_to_common_level)
-            reached = epochs_to_common_level(arm_curves, cfg.convergence_level, n_classes)
-            for rec in records[-len(ARMS) :]:
-                r = reached[rec["arm"]]
-                rec["epochs_to_level"] = math.nan if r is None else float(r)
-
+    shared = SeedInputs(
+        x_all,
+        y_all,
+        x_pool,
+        monitor,
+        x_te,
+        y_te,
+        budgets,
+        gate_idx,
+        (f_gate, s_gate),
+        options,
+        n_classes,
+    )
+    # every seed is a sweep unit (its greedy pretraining, then its fractions x arms): on
+    # `runner: dask` seeds run concurrently
+    results = run_units(
+        [functools.partial(seed_unit, seed, cfg, shared) for seed in cfg.seeds],
+        ctx,
+        [f"pretrain/s{seed}" for seed in cfg.seeds],
+    )
+    records, curves, pretrain_seconds, gate_acc = [], {}, [], math.nan
+    for unit in results:
+        records += unit.records
+        for key, curve in unit.curves.items():
+            curves.setdefault(key, []).append(curve)
+        pretrain_seconds.append(unit.pretrain_seconds)
+        if unit.model_uri is not None:
+            outcome.model_uri, gate_acc = unit.model_uri, unit.gate_acc
     df, agg = summarise(records)
     claims = verdicts(df, cfg)
     text = report(df, agg, claims, cfg, cfg.dataset, plan, float(np.mean(pretrain_seconds)))
