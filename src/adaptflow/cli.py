@@ -135,11 +135,11 @@ def _print_outcomes(outcomes: dict, seconds: float, profile: str) -> None:
             )
         table.add_row(name, "yes" if o["cache_hit"] else "no", metrics, model, o["run_id"][:12])
     Console().print(table)
-    from adaptflow.tracking.store import user_uri
+    from adaptflow.tracking.store import shown_uri, user_uri
 
     server = user_uri()
     if server is not None and server.startswith(("http://", "https://")):
-        Console().print(f"Browse the runs: [bold]{server}[/]")
+        Console().print(f"Browse the runs: [bold]{shown_uri(server)}[/]")
     else:
         Console().print("Browse the runs: [bold]make ui[/] (MLflow UI on http://127.0.0.1:5000)")
 

@@ -28,6 +28,11 @@ TRANSIENT_DB_TEXT = (
     "connection refused",
     "server closed the connection unexpectedly",
     "connection reset",
+    # PostgreSQL restarting or failing over (a team tracking server's database)
+    "terminating connection due to administrator command",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
 )
 
 

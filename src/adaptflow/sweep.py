@@ -63,6 +63,7 @@ class Target:
         """In a worker: the same store, and new runs nested under the stage's run."""
         import mlflow
 
+        from adaptflow.env import configure_env
         from adaptflow.tracking import runs
 
         local = self.tracking_uri.startswith("sqlite:")
@@ -73,6 +74,7 @@ class Target:
                 f"{self.root}, and the MLflow store is the local sqlite one; with an existing "
                 "cluster (runner.address) use a tracking server (MLFLOW_TRACKING_URI)"
             )
+        configure_env(self.root)  # a remote worker: offline, quiet, caches inside the project
         mlflow.set_tracking_uri(self.tracking_uri)
         tags = {"adaptflow.worker": _worker_address()}  # which Dask worker ran the unit
         with runs.parent_scope(self.parent_run_id, self.experiment_id, tags):
@@ -131,7 +133,22 @@ def sweep(units: Sequence[Callable[[Any], R]], ctx: Any, names: Sequence[str]) -
     ]
     for f in futures:
         f.wait()
+    if any(f.state.is_failed() or f.state.is_crashed() for f in futures):
+        _fail_orphans(target.parent_run_id)
     return [f.result() for f in futures]
+
+
+def _fail_orphans(stage_run_id: str) -> None:
+    """A unit whose worker died leaves its MLflow run RUNNING: mark it FAILED with the stage."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_run(stage_run_id).info.experiment_id
+    for r in client.search_runs(
+        [exp], f"tags.mlflow.parentRunId = '{stage_run_id}' and attributes.status = 'RUNNING'"
+    ):
+        client.set_tag(r.info.run_id, "adaptflow.error", "its Dask worker died or was stopped")
+        client.set_terminated(r.info.run_id, "FAILED")
 
 
 # ---------------------------------------------------------------- task runners
@@ -152,10 +169,13 @@ def task_runners(cfg: RunnerConfig) -> Iterator[Callable[[], Any]]:
         log.info("sweep units run on the Dask cluster at %s", cfg.address)
         yield lambda: DaskTaskRunner(address=cfg.address)
         return
+    import dask
     from distributed import LocalCluster
 
     with (
         _prefect_api_for_workers(),
+        # a unit whose worker died is not run again: its first attempt's MLflow run exists
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
         LocalCluster(
             n_workers=cfg.workers,
             threads_per_worker=1,
@@ -170,6 +190,30 @@ def task_runners(cfg: RunnerConfig) -> Iterator[Callable[[], Any]]:
             cluster.dashboard_link,
         )
         yield lambda: DaskTaskRunner(address=cluster.scheduler_address)
+
+
+def check_cluster(address: str, timeout: float = 10.0) -> None:
+    """An existing cluster must answer, and run one thread per worker process: units seed the
+    process-wide RNGs (torch, numpy), so two units side by side in one process would draw from
+    each other's streams and results would depend on scheduling."""
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=timeout) as client:
+            workers = client.scheduler_info()["workers"]
+    except OSError as e:
+        raise ParamsError(
+            f"runner.address = {address!r}: no Dask scheduler answers there ({e}); start one "
+            "(`dask scheduler`) or drop runner.address for a local cluster"
+        ) from None
+    if not workers:
+        raise ParamsError(f"runner.address = {address!r}: the cluster has no workers")
+    threaded = sorted(w for w, info in workers.items() if info.get("nthreads", 1) != 1)
+    if threaded:
+        raise ParamsError(
+            f"runner.address = {address!r}: workers {threaded} run several threads; start "
+            "them with `dask worker --nthreads 1 --nworkers N` (units seed process-wide RNGs)"
+        )
 
 
 @contextmanager

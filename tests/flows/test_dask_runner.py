@@ -8,6 +8,11 @@ reductions on a different thread count round differently, which is not what is t
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
+from pathlib import Path
+
 import psutil
 import pytest
 import torch
@@ -106,8 +111,76 @@ def test_runner_params_are_checked(monkeypatch):
     assert load_params("params.yaml", ["runner=dask"]).runner.kind == "dask"
     # an existing cluster's workers cannot write this checkout's sqlite store: refused up front
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    remote = load_params("params.yaml", ["runner.kind=dask", "runner.address=tcp://h:8786"])
-    with pytest.raises(ParamsError, match="MLFLOW_TRACKING_URI"):
-        check_against_data(remote, [])
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
-    check_against_data(remote, [])
+    with socket.socket() as closed:  # bound, never listening: no scheduler there
+        closed.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+        remote = load_params("params.yaml", ["runner.kind=dask", f"runner.address={address}"])
+        with pytest.raises(ParamsError, match="MLFLOW_TRACKING_URI"):
+            check_against_data(remote, [])
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
+        with pytest.raises(ParamsError, match="no Dask scheduler answers"):
+            check_against_data(remote, [])
+
+
+def toy_unit(value: int, ctx) -> int:
+    from adaptflow.tracking import runs
+
+    with runs.run(f"toy/unit-{value}"):
+        if value == 2:
+            raise ParamsError("unit 2 has bad params")
+        runs.log_metrics({"value": value})
+    return value * 10
+
+
+def test_a_failing_unit_lets_the_others_finish_and_raises_its_own_error(project, harness):
+    """On Dask every unit runs to its end; the stage then fails with the unit's own error (a
+    ParamsError stays one: no retry), its run FAILED, the others FINISHED; the env is restored."""
+    from prefect import flow
+
+    from adaptflow.config import RunnerConfig
+    from adaptflow.stages.base import StageContext
+    from adaptflow.sweep import sweep, task_runners
+    from adaptflow.tracking import runs
+    from adaptflow.tracking.store import configure
+
+    exp = configure(".", "toy")
+    ctx = StageContext(root=Path("."), experiment_id=exp, device=torch.device("cpu"))
+    api_before = os.environ.get("PREFECT_API_URL")
+    stage_id = {}
+
+    @flow
+    def toy_stage():
+        with runs.run("toy-stage") as stage:
+            stage_id["id"] = stage.info.run_id
+            units = [functools.partial(toy_unit, v) for v in range(4)]
+            return sweep(units, ctx, [f"toy/unit-{v}" for v in range(4)])
+
+    with task_runners(RunnerConfig(kind="dask", workers=2)) as task_runner:
+        assert os.environ["PREFECT_API_URL"].startswith("http://127.0.0.1:")  # for the workers
+        with pytest.raises(ParamsError, match="unit 2 has bad params"):
+            toy_stage.with_options(task_runner=task_runner())()
+    assert os.environ.get("PREFECT_API_URL") == api_before
+    children = MlflowClient().search_runs([exp], f"tags.mlflow.parentRunId = '{stage_id['id']}'")
+    status = {r.info.run_name: r.info.status for r in children}
+    assert status == {
+        "toy/unit-0": "FINISHED",
+        "toy/unit-1": "FINISHED",
+        "toy/unit-2": "FAILED",
+        "toy/unit-3": "FINISHED",
+    }
+    assert {r.data.tags["adaptflow.worker"][:16] for r in children} == {"tcp://127.0.0.1:"}
+
+
+def test_an_existing_cluster_with_threaded_workers_is_refused():
+    from distributed import LocalCluster
+
+    from adaptflow.sweep import check_cluster
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,  # in this process (inproc://): nothing listens on a port
+        dashboard_address=None,
+    ) as cluster:
+        with pytest.raises(ParamsError, match="dask worker --nthreads 1"):
+            check_cluster(cluster.scheduler_address)

@@ -84,3 +84,24 @@ def test_user_tracking_uri_is_left_alone(tmp_path, monkeypatch):
     assert mlflow.get_tracking_uri().endswith("theirs.db")
     assert mlflow.get_experiment(exp_id).artifact_location != f"mlruns/artifacts/{exp_id}"
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_tracking_server_that_does_not_answer_fails_in_seconds_without_its_password(
+    monkeypatch,
+):
+    import socket
+    import time
+
+    from adaptflow.tracking.store import StoreError, check_server, use_store
+
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://team:s3cret@127.0.0.1:{port}")
+        t0 = time.monotonic()
+        with pytest.raises(StoreError, match="does not answer") as e:
+            use_store(".")
+        assert time.monotonic() - t0 < 10  # MLflow's own retries would take minutes
+        assert "s3cret" not in str(e.value) and f"***@127.0.0.1:{port}" in str(e.value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    check_server()  # the local store: nothing to check

@@ -512,7 +512,7 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
                 if seed == cfg.seeds[0]:
                     models[(name, seed)] = model
         extras[label] = {"inputs": input_gap(pd, params.seed), "pair": pd.summary()}
-        da_report.log_runs(records)  # what is done so far survives a crash in a later pair
+        da_report.log_runs(records)  # survives a crash in a later pair's registration
         reg = register_choice(label, records, cfg, models, pd, ctx.device, params.seed)
         if reg is not None:
             extras[label]["registered"] = reg["method"]

@@ -303,7 +303,9 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
             [f"finetune/{label}-{arm}-f{fraction:g}-s{seed}" for seed, fraction, arm in order],
         )
         candidates = {
-            arm: model for (_, _, arm), (_, model) in zip(order, results, strict=True) if model
+            arm: model
+            for (_, _, arm), (_, model) in zip(order, results, strict=True)
+            if model is not None
         }
         records += [rec for rec, _ in results]
         pick = _register_best(

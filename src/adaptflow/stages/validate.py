@@ -206,6 +206,10 @@ def _check_runner(params: Params) -> None:
             "set MLFLOW_TRACKING_URI (e.g. `make tracking-server`), or drop runner.address "
             "for a local cluster"
         )
+    if params.runner.address is not None:
+        from adaptflow.sweep import check_cluster
+
+        check_cluster(params.runner.address)  # answers, one thread per worker
 
 
 def check_against_data(params: Params, stages: list[str]) -> None:

@@ -52,13 +52,28 @@ def check_server(timeout: float = 5.0) -> None:
     import requests
 
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+        answer = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+        problem = None if answer.status_code == 200 else f"/health answered {answer.status_code}"
     except requests.RequestException as e:
+        problem = f"{type(e).__name__}"
+    if problem is not None:
         raise StoreError(
-            f"the tracking server MLFLOW_TRACKING_URI={uri} does not answer "
-            f"({type(e).__name__}): start it (`make tracking-server`), or unset "
-            "MLFLOW_TRACKING_URI to use the local store mlruns/"
-        ) from None
+            f"the tracking server MLFLOW_TRACKING_URI={shown_uri(uri)} does not answer "
+            f"({problem}): start it (`make tracking-server`), or unset MLFLOW_TRACKING_URI to "
+            "use the local store mlruns/"
+        )
+
+
+def shown_uri(uri: str) -> str:
+    """`uri` without a user:password part, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
