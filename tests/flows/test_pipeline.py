@@ -224,6 +224,7 @@ def test_only_a_full_run_of_the_profile_as_configured_writes_its_report(smoke_pr
                 "artifact_run_id": f"run-{name}",
             }
 
+        stage_flow.with_options = lambda **options: stage_flow  # the pipeline sets a task runner
         return stage_flow
 
     monkeypatch.setattr(pipeline, "STAGE_FLOWS", {n: fake(n) for n in pipeline.STAGE_FLOWS})
