@@ -13,6 +13,7 @@ holds the comparison tables (mean ± std over seeds), the verdicts and the figur
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ from adaptflow.stages.base import (
     split_fingerprint,
     split_train_val,
 )
+from adaptflow.sweep import sweep as run_units
 from adaptflow.training import seed_everything
 
 SHOWN = 10  # images per row in the figures
@@ -514,9 +516,62 @@ def _fit_one(cls, spec, options, d: EvalData, cfg, ctx, seed: int, label: str, r
     return method, history, time.perf_counter() - t0
 
 
+def _label(name: str, arch: str, stem: str) -> str:
+    return f"{stem}-{arch}" if AE_METHODS.get(name).is_torch else stem
+
+
+@dataclass
+class FitResult:
+    metrics: dict[str, float]
+    pics: dict | None = None  # figures' inputs (first seed, the methods not the λ = 0 baseline)
+    curves: dict[str, list[float]] | None = None  # first seed's train/val loss
+    model_uri: str | None = None  # the registered model's (register_method, first arch and seed)
+
+
+def fit_unit(seed, name, arch, stem, options, cfg, d: EvalData, clf, shape, ctx) -> FitResult:
+    """One sweep unit: one method (arch, variant) at one seed, trained and evaluated in its own
+    nested run."""
+    from adaptflow.tracking import runs
+    from adaptflow.tracking.models import log_torch_model
+
+    cls = AE_METHODS.get(name)
+    spec = _spec(cfg, shape, arch if cls.is_torch else "mlp")
+    label, first = _label(name, arch, stem), cfg.seeds[0]
+    out = FitResult({})
+    tags = {
+        "adaptflow.method": stem,  # sparse_lam0 (the λ = 0 baseline) apart
+        "adaptflow.seed": str(seed),
+    } | ({"adaptflow.arch": arch} if cls.is_torch else {})
+    with runs.run(f"ae/{label}-s{seed}", tags=tags):
+        runs.log_params(
+            {"method": name, "arch": arch, "seed": seed} | options.model_dump(mode="json")
+        )
+        method, history, seconds = _fit_one(cls, spec, options, d, cfg, ctx, seed, label, runs)
+        metrics = {"train_seconds": seconds}
+        m, p = evaluate(method, d, cfg, seed, clf)
+        metrics |= m
+        if history:
+            metrics["best_epoch"] = history.best_epoch
+        if seed == first:
+            if stem == name:  # figures: the methods, not the λ = 0 baseline
+                out.pics = p
+            if history:
+                out.curves = {"train": history.series("loss"), "val": history.series("val_loss")}
+            if cfg.anomaly_digit is not None and stem == name and name in cfg.anomaly_methods:
+                metrics["test_anomaly_auroc"] = anomaly_score_auroc(
+                    name, spec, options, d, cfg, ctx, seed, cfg.anomaly_digit
+                )
+        if (name, arch, seed) == (cfg.register_method, cfg.archs[0], first):
+            # the gate compares validation MSE: test data never selects a champion
+            metrics["gate_val_mse"] = metrics["val_mse"]
+            out.model_uri = log_torch_model(method, d.x_val[:4])
+        runs.log_metrics({f"ae/{k}": v for k, v in metrics.items()})
+    out.metrics = metrics
+    return out
+
+
 def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     from adaptflow.tracking import plots, runs
-    from adaptflow.tracking.models import log_torch_model
 
     cfg = params.ae
     split = data[cfg.dataset].split
@@ -536,53 +591,32 @@ def run(params, ctx: StageContext, data: dict[str, Prepared]) -> StageOutcome:
     pics: dict[str, dict] = {}
     curves: dict[str, dict[str, list[float]]] = {}
     outcome = StageOutcome(model_name=params.model_name("ae"))
-    for seed in cfg.seeds:
-        for name in cfg.methods:
-            cls = AE_METHODS.get(name)
-            base_options = cls.Config.model_validate(cfg.options.get(name, {}))
-            for arch in cfg.archs if cls.is_torch else ["-"]:
-                spec = _spec(cfg, shape, arch if cls.is_torch else "mlp")
-                for stem, options in _variants(name, base_options, cfg):
-                    label = f"{stem}-{arch}" if cls.is_torch else stem
-                    tags = {
-                        "adaptflow.method": stem,  # sparse_lam0 (the λ = 0 baseline) apart
-                        "adaptflow.seed": str(seed),
-                    } | ({"adaptflow.arch": arch} if cls.is_torch else {})
-                    with runs.run(f"ae/{label}-s{seed}", tags=tags):
-                        runs.log_params(
-                            {"method": name, "arch": arch, "seed": seed}
-                            | options.model_dump(mode="json")
-                        )
-                        method, history, seconds = _fit_one(
-                            cls, spec, options, d, cfg, ctx, seed, label, runs
-                        )
-                        metrics = {"train_seconds": seconds}
-                        m, p = evaluate(method, d, cfg, seed, clf)
-                        metrics |= m
-                        if history:
-                            metrics["best_epoch"] = history.best_epoch
-                        if seed == first:
-                            if stem == name:  # figures: the methods, not the λ = 0 baseline
-                                pics[label] = p
-                            if history:
-                                curves[label] = {
-                                    "train": history.series("loss"),
-                                    "val": history.series("val_loss"),
-                                }
-                            if (
-                                cfg.anomaly_digit is not None
-                                and stem == name
-                                and name in cfg.anomaly_methods
-                            ):
-                                metrics["test_anomaly_auroc"] = anomaly_score_auroc(
-                                    name, spec, options, d, cfg, ctx, seed, cfg.anomaly_digit
-                                )
-                        if (name, arch, seed) == (cfg.register_method, cfg.archs[0], first):
-                            # the gate compares validation MSE: test data never selects a champion
-                            metrics["gate_val_mse"] = metrics["val_mse"]
-                            outcome.model_uri = log_torch_model(method, d.x_val[:4])
-                        runs.log_metrics({f"ae/{k}": v for k, v in metrics.items()})
-                    results.setdefault(label, {})[seed] = metrics
+    order = [  # every (seed, method, arch, variant) is a sweep unit (concurrent on runner: dask)
+        (seed, name, arch, stem, options)
+        for seed in cfg.seeds
+        for name in cfg.methods
+        for arch in (cfg.archs if AE_METHODS.get(name).is_torch else ["-"])
+        for stem, options in _variants(
+            name, AE_METHODS.get(name).Config.model_validate(cfg.options.get(name, {})), cfg
+        )
+    ]
+    done = run_units(
+        [
+            functools.partial(fit_unit, seed, name, arch, stem, options, cfg, d, clf, shape)
+            for seed, name, arch, stem, options in order
+        ],
+        ctx,
+        [f"ae/{_label(name, arch, stem)}-s{seed}" for seed, name, arch, stem, _ in order],
+    )
+    for (seed, name, arch, stem, _), unit in zip(order, done, strict=True):
+        label = _label(name, arch, stem)
+        results.setdefault(label, {})[seed] = unit.metrics
+        if unit.pics is not None:
+            pics[label] = unit.pics
+        if unit.curves is not None:
+            curves[label] = unit.curves
+        if unit.model_uri is not None:
+            outcome.model_uri = unit.model_uri
     sweep = (
         _sparse_sweep(results, d, cfg, ctx, shape, first, runs)
         if "sparse" in cfg.methods and cfg.sparse_lambdas
