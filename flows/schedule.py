@@ -67,13 +67,9 @@ def check_schedule(params, params_path: str) -> None:
             f"expression ({e}); e.g. '0 2 * * *' (02:00 daily)"
         ) from None
     run_params = load_params(params_path, deployment_parameters(params_path, params)["overrides"])
-    check_against_data(run_params, params.schedule.stages or list(_stage_names()))
-
-
-def _stage_names():
     from flows.pipeline import STAGE_FLOWS
 
-    return STAGE_FLOWS
+    check_against_data(run_params, params.schedule.stages or list(STAGE_FLOWS))
 
 
 def api_url() -> str:
@@ -192,9 +188,11 @@ def deploy(params_path: str = "params.yaml", pool: str = "adaptflow", interval=N
     )
 
 
-def trigger(params_path: str = "params.yaml", wait: bool = True) -> str:
-    """Start a run of the served deployment now; with `wait`, block until it ends. Returns
-    its final (or current) state name."""
+def trigger(
+    params_path: str = "params.yaml", wait: bool = True, timeout: float | None = None
+) -> str:
+    """Start a run of the served deployment now; with `wait`, block until it ends (at most
+    `timeout` seconds). Returns its final (or current) state name."""
     import httpx
     from prefect.deployments import run_deployment
 
@@ -204,16 +202,22 @@ def trigger(params_path: str = "params.yaml", wait: bool = True) -> str:
     found = httpx.get(f"{url.rstrip('/')}/deployments/name/{name}", timeout=10)
     if found.status_code == 404:
         raise ScheduleError(f"no deployment {name} on the server: start `make schedule` first")
-    found.raise_for_status()
+    if found.status_code != 200:
+        raise ScheduleError(
+            f"the Prefect server at {url} answered {found.status_code} when asked for "
+            f"deployment {name}; try again, or see the server's log (`make prefect-server`)"
+        )
     if wait and found.json().get("status") != "READY":
         # nothing polls it: waiting would never end (--no-wait queues the run anyway)
         raise ScheduleError(
             f"deployment {name} is not served: no `make schedule` process (or worker of its "
             "work pool) is polling it; start one, or pass --no-wait to queue the run"
         )
-    run = run_deployment(name, timeout=None if wait else 0, as_subflow=False)
+    run = run_deployment(name, timeout=(timeout if wait else 0), as_subflow=False)
     state = run.state.name if run.state else "UNKNOWN"
     print(f"flow run {run.name} ({run.id}) of {name}: {state}", flush=True)
+    if wait and run.state is not None and not run.state.is_final():
+        print(f"stopped waiting after {timeout:g} s; the run goes on (see the Prefect UI)")
     return state
 
 
@@ -249,9 +253,12 @@ def deploy_cmd(
 def once_cmd(
     params_path: ParamsOpt = "params.yaml",
     wait: Annotated[bool, typer.Option(help="wait for the run to end")] = True,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="wait at most SECONDS (exit 1 if still running)")
+    ] = None,
 ) -> None:
     """Trigger a run of the served deployment now (exit 1 unless it completes)."""
-    state = _guard(lambda: trigger(params_path, wait))
+    state = _guard(lambda: trigger(params_path, wait, timeout))
     if wait and state != "Completed":
         raise typer.Exit(1)
 

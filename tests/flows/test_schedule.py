@@ -305,3 +305,29 @@ def test_schedule_once_refuses_to_wait_for_a_deployment_nobody_serves(project, s
     assert made.status_code in (200, 201), made.text
     idle = subprocess.run(once, cwd=project, env=env, capture_output=True, text=True)
     assert idle.returncode == 1 and "is not served" in idle.stderr and "--no-wait" in idle.stderr
+
+
+def test_schedule_once_names_a_server_error_instead_of_a_traceback(project, monkeypatch):
+    """A Prefect server that is up but answers 503 (busy, restarting): exit 1, a message."""
+    import http.server
+    import threading
+
+    from flows.schedule import app
+    from typer.testing import CliRunner
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200 if self.path.endswith("/health") else 503)
+            self.end_headers()
+            self.wfile.write(b"true" if self.path.endswith("/health") else b"busy")
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{httpd.server_port}/api")
+        result = CliRunner().invoke(app, ["once"])
+        httpd.shutdown()
+    assert result.exit_code == 1, result.output
+    assert "answered 503" in result.output and "Traceback" not in result.output
