@@ -306,6 +306,10 @@ def publish(
         f"finetune/{bb}/{arm}/f{f:g}/test_acc_mean": r.test_acc
         for (bb, arm, f), r in agg.iterrows()
     }
+    summary |= {  # the seed spread beside each mean (adaptflow compare sets moves against it)
+        f"finetune/{bb}/{arm}/f{f:g}/test_acc_std": r.test_acc_std
+        for (bb, arm, f), r in agg.iterrows()
+    }
     summary |= {
         f"finetune/{bb}/{arm}/f{f:g}/train_seconds": r.train_seconds
         for (bb, arm, f), r in agg.iterrows()
