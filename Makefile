@@ -31,12 +31,19 @@ help: ## list the targets
 	@echo "  variables: PROFILE=default|smoke  SET='ae.epochs=3 ae.lr=0.01'  PORT=5000  PREFECT_PORT=4200  REMOTE=<dvc remote>  TRACKING_PORT=5001  PG_PORT=5433"
 	@echo "  environment: MLFLOW_TRACKING_URI=http://host:port sends runs to a server instead of mlruns/"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" -c constraints.txt
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
+
+.PHONY: constraints
+constraints: ## re-pin constraints.txt to the current .venv (after changing pyproject.toml's pins)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip check
+	@{ sed -n '1,4p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^adaptflow'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 .PHONY: setup
 setup: $(STAMP) ## create/update .venv (re-installs only when pyproject.toml changes)
