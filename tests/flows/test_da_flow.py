@@ -15,16 +15,10 @@ from mlflow.tracking import MlflowClient
 from adaptflow.config import load_params
 from adaptflow.data import prepare_all
 
+from .conftest import TINY_DA
+
 EXPERIMENT = "adaptflow-smoke"
-TINY = [
-    "profile=smoke",
-    "da.steps=20",
-    "da.max_train=300",
-    "da.max_target=300",
-    "da.max_test=100",
-    "da.select_points=100",
-    "da.tsne_points=30",
-]
+TINY = TINY_DA
 
 
 def run_da(overrides):

@@ -23,18 +23,9 @@ from adaptflow.config import ParamsError, load_params
 from adaptflow.data import prepare_all
 from adaptflow.stages.validate import check_against_data
 
-TINY = [
-    "profile=smoke",
-    "da.methods=[source_only, mcc]",
-    "da.seeds=[0, 1]",
-    "da.grid={}",
-    "da.steps=20",
-    "da.max_train=300",
-    "da.max_target=300",
-    "da.max_test=100",
-    "da.select_points=100",
-    "da.tsne_points=30",
-]
+from .conftest import TINY_DA
+
+TINY = [*TINY_DA, "da.methods=[source_only, mcc]", "da.seeds=[0, 1]", "da.grid={}"]
 COMPARED = ("da/target_acc", "da/source_test_acc", "da/oracle_selected_acc", "da/mmd")
 
 
