@@ -12,18 +12,11 @@ Runs are logged to MLflow (experiment `adaptflow-bench`); the model registers as
 
 from __future__ import annotations
 
-from rich.console import Console
-
-from bench.common import bench_args, bench_params, print_artifact, run_stage
+from bench.common import bench_stage
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = bench_args(__doc__, argv, profile="bench")
-    params = bench_params(args.params, [f"profile={args.profile}", *args.overrides])
-    outcome, seconds, device = run_stage("ae", params)
-    console = Console()
-    print_artifact(console, outcome.run_id, "ae/comparison.md")
-    console.print(f"\nwall time {seconds:.0f} s on {device}")
+    bench_stage(__doc__, "ae", "ae/comparison.md", argv)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,16 @@ def print_artifact(console, run_id: str, path: str) -> str:
     text = mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
     console.print(Markdown(text))
     return text
+
+
+def bench_stage(doc: str, stage: str, report: str, argv: list[str] | None) -> None:
+    """The one-stage benchmarks: run `stage` on the bench profile (recomputed), print its
+    `report` artifact and the wall time."""
+    from rich.console import Console
+
+    args = bench_args(doc, argv, profile="bench")
+    params = bench_params(args.params, [f"profile={args.profile}", *args.overrides])
+    outcome, seconds, device = run_stage(stage, params)
+    console = Console()
+    print_artifact(console, outcome.run_id, report)
+    console.print(f"\nwall time {seconds:.0f} s on {device}")

@@ -19,7 +19,9 @@ from flows.ae import ae_flow
 from flows.da import da_flow
 from flows.features import features_flow
 from flows.finetune import finetune_flow
+from flows.gan import gan_flow
 from flows.pretrain import pretrain_flow
+from flows.seq import seq_flow
 from flows.source import source_flow
 
 STAGE_FLOWS = {  # pipeline order
@@ -29,6 +31,8 @@ STAGE_FLOWS = {  # pipeline order
     "features": features_flow,
     "finetune": finetune_flow,
     "da": da_flow,
+    "gan": gan_flow,
+    "seq": seq_flow,
 }
 log = logging.getLogger(__name__)
 

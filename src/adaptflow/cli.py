@@ -62,24 +62,32 @@ def _setup_logging() -> None:
 def run(
     overrides: SetOpt = None,
     stage: Annotated[
-        str | None, typer.Option(help="run only this stage (still logged under a pipeline run)")
+        list[str] | None,
+        typer.Option(
+            help="run only this stage (repeat for several; run in pipeline order, still logged "
+            "under a pipeline run)"
+        ),
     ] = None,
     params_path: ParamsOpt = Path("params.yaml"),
     force: Annotated[bool, typer.Option(help="ignore the cache: recompute every stage")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Run the pipeline (all stages, or --stage NAME) on prepared data; results go to MLflow."""
+    """Run the pipeline (all stages, or --stage NAME ...) on prepared data; results go to MLflow."""
     params = _validated(params_path, overrides)
     from adaptflow.stages import STAGES
 
-    if stage is not None and stage not in STAGES:
-        err.print(
-            f"[bold red]error:[/] unknown stage {stage!r}; valid: {', '.join(STAGES.names())}"
-        )
-        raise typer.Exit(2)
+    for name in stage or []:
+        if name not in STAGES:
+            err.print(
+                f"[bold red]error:[/] unknown stage {name!r}; valid: {', '.join(STAGES.names())}"
+            )
+            raise typer.Exit(2)
+    from flows.pipeline import STAGE_FLOWS
+
     from adaptflow.data import DataError
 
-    _validated_against_data(params, [stage] if stage else STAGES.names())
+    chosen = [s for s in STAGE_FLOWS if s in (stage or [])] or None  # pipeline order
+    _validated_against_data(params, chosen or STAGES.names())
     configure_env(".")
     _setup_logging()
     from adaptflow.tracking.store import StoreError, check_server
@@ -99,7 +107,7 @@ def run(
             ".",
             force,
             progress,
-            [stage] if stage else None,
+            chosen,
         )
     except DataError as e:
         err.print(f"[bold red]data error:[/] {e}")

@@ -674,6 +674,173 @@ class DAStageConfig(Frozen):
         return self
 
 
+# ---------------------------------------------------------------- gan and seq (seed Q7, Q8)
+Seeds = list[Annotated[int, Field(ge=0)]]
+
+
+def _unique_list(v: list, what: str) -> list:
+    if len(set(v)) != len(v):
+        raise ValueError(f"{what} are listed twice")
+    return v
+
+
+class GANAugmentConfig(Frozen):
+    """The seed's "data augmentation" use: a digit classifier trained on a small labelled set
+    with and without the samples of a conditional GAN trained on that same set (its labels are
+    the budget: nothing else labelled is touched)."""
+
+    fraction: float = Field(
+        0.01, gt=0, le=0.01, description="labelled share of the training split (<= 1 %)"
+    )
+    seeds: Seeds = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    gan_steps: int = Field(600, ge=1, description="cGAN updates on the labelled set")
+    per_class: int = Field(100, ge=1, description="generated images added per class")
+    classifier_steps: int = Field(
+        300, ge=1, description="classifier updates, the same with and without (no selection)"
+    )
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10, description="classifier learning rate (Adam)")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list) -> list:
+        return _unique_list(v, "seeds")
+
+
+class GANStageConfig(Frozen):
+    """DCGAN and its conditional variant on 28x28 digits, scored with a classifier trained here."""
+
+    dataset: str = Field("mnist", description="an image source of 1x28x28 digits")
+    variants: list[Literal["dcgan", "cgan"]] = Field(
+        default_factory=lambda: ["dcgan", "cgan"], min_length=1
+    )
+    register_variant: Literal["dcgan", "cgan"] = Field(
+        "cgan", description="whose generator (first seed) registers as <prefix>-gan"
+    )
+    seeds: Seeds = Field(default_factory=lambda: [0, 1], min_length=1)
+    z_dim: int = Field(64, ge=1, le=4096)
+    channels: int = Field(32, ge=1, le=1024, description="width of G's and D's conv layers")
+    d_steps: int = Field(1, ge=1, le=20, description="D updates per G update (D:G step ratio)")
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=2, le=65_536)
+    lr_g: float = Field(1e-3, gt=0, le=10)
+    lr_d: float = Field(1e-3, gt=0, le=10)
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 (DCGAN: 0.5)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="held-out real images: the gate")
+    max_train: int | None = Field(None, ge=10)
+    max_test: int | None = Field(None, ge=10)
+    collapse_epochs: int = Field(
+        5, ge=1, description="D winning outright this many epochs in a row fails the run"
+    )
+    collapse_acc: float = Field(
+        0.995, gt=0.5, le=1, description="D 'wins outright': accuracy >= this on real and fake"
+    )
+    collapse_g_loss: float = Field(
+        8.0, gt=0, description="... and G's loss >= this (D(G(z)) < e^-8 = 0.03 %)"
+    )
+    real_label: float = Field(
+        1.0, gt=0.5, le=1, description="D's target for real images (< 1: one-sided smoothing)"
+    )
+    d_dropout: float = Field(0.0, ge=0, lt=1, description="dropout after D's conv blocks")
+    eval_samples: int = Field(1000, ge=10, description="generated images scored per model")
+    classifier_epochs: int = Field(15, ge=1, description="the evaluator digit classifier")
+    augment: GANAugmentConfig = Field(default_factory=GANAugmentConfig)
+    amp: bool = True
+    log_every: int = Field(20, ge=1)
+    gate_margin: float = Field(0.0, ge=0, description="val Fréchet distance gain over champion")
+
+    @field_validator("variants", "seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        return _unique_list(v, "values")
+
+    @model_validator(mode="after")
+    def _registered(self) -> GANStageConfig:
+        if self.register_variant not in self.variants:
+            raise ValueError(
+                f"register_variant {self.register_variant!r} is not in variants {self.variants}"
+            )
+        return self
+
+
+class SeqModelConfig(Frozen):
+    """Sizes of the sequence models compared on MNIST-1D."""
+
+    d_model: int = Field(64, ge=2, le=4096, description="Transformer width")
+    heads: int = Field(4, ge=1, le=64)
+    layers: int = Field(2, ge=1, le=48)
+    d_ff: int = Field(128, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    positional: Literal["sinusoidal", "learned"] = "sinusoidal"
+    pooling: Literal["cls", "mean"] = "cls"
+    pre_norm: bool = False
+    hidden: int = Field(64, ge=1, le=4096, description="LSTM / GRU hidden size")
+    cnn_channels: int = Field(32, ge=1, le=4096, description="1-D CNN width")
+
+    @model_validator(mode="after")
+    def _heads(self) -> SeqModelConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model = {self.d_model} is not divisible by heads = {self.heads}")
+        return self
+
+
+class SeqStageConfig(Frozen):
+    """Own Transformer vs LSTM / GRU / 1-D CNN / logistic regression on a sequence task, the
+    parallel-vs-sequential timing, and a ViT vs a CNN on images (timm builder)."""
+
+    dataset: str = Field("mnist1d", description="a sequence source (kind mnist1d)")
+    models: list[Literal["transformer", "lstm", "gru", "cnn", "logreg"]] = Field(
+        default_factory=lambda: ["transformer", "lstm", "gru", "cnn", "logreg"], min_length=2
+    )
+    seeds: Seeds = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    model: SeqModelConfig = Field(default_factory=SeqModelConfig)
+    epochs: int = Field(30, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(2e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="the gate of the registered model")
+    max_train: int | None = Field(None, ge=10)
+    max_test: int | None = Field(None, ge=10)
+    logreg_c: float = Field(1.0, gt=0)
+    timing_lengths: list[Annotated[int, Field(ge=2, le=100_000)]] = Field(
+        default_factory=lambda: [40, 80, 160, 320, 640],
+        description="sequence lengths (by resampling) of the parallel-vs-sequential timing; "
+        "[] skips it",
+    )
+    timing_batches: int = Field(5, ge=1, description="timed training steps per length and model")
+    timing_repeats: int = Field(3, ge=1, description="repeats (the verdict's samples)")
+    image_dataset: str | None = Field("mnist", description="ViT vs CNN on images; null: skip")
+    image_models: dict[str, BackboneConfig] = Field(
+        default_factory=lambda: {
+            "vit": DEFAULT_BACKBONES["vit"],
+            "cnn": DEFAULT_BACKBONES["resnet"],
+        }
+    )
+    image_epochs: int = Field(3, ge=1, le=10_000)
+    image_seeds: Seeds = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    amp: bool = True
+    log_every: int = Field(20, ge=1)
+    gate_margin: float = Field(0.0, ge=0, description="val accuracy gain over the champion")
+
+    @field_validator("models", "seeds", "image_seeds", "timing_lengths")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        return _unique_list(v, "values")
+
+    @field_validator("image_models")
+    @classmethod
+    def _labels(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for label in v:
+            _label(label)
+        return v
+
+    @model_validator(mode="after")
+    def _transformer(self) -> SeqStageConfig:
+        if "transformer" not in self.models:
+            raise ValueError("models must include transformer (the stage registers it)")
+        return self
+
+
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Every combination of a method's grid ({} -> one point: the options as given)."""
     import itertools
@@ -775,6 +942,8 @@ class Params(Frozen):
     features: FeaturesStageConfig = Field(default_factory=FeaturesStageConfig)
     finetune: FinetuneStageConfig = Field(default_factory=FinetuneStageConfig)
     da: DAStageConfig = Field(default_factory=DAStageConfig)
+    gan: GANStageConfig = Field(default_factory=GANStageConfig)
+    seq: SeqStageConfig = Field(default_factory=SeqStageConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -906,6 +1075,8 @@ def _check_cross_refs(p: Params) -> None:
         ("pretrain.dataset", p.pretrain.dataset),
         ("source.dataset", p.source.dataset),
         ("transfer.target", p.transfer.target),
+        ("gan.dataset", p.gan.dataset),
+        *((("seq.image_dataset", p.seq.image_dataset),) if p.seq.image_dataset else ()),
         *((f"features.datasets[{i}]", d) for i, d in enumerate(p.features.datasets)),
     ]
     for key, dataset in image_refs:  # the image stages
@@ -921,6 +1092,14 @@ def _check_cross_refs(p: Params) -> None:
                 f"{p.data.sources[dataset].kind}), {stage} needs images; "
                 f"image sources: {', '.join(images) or 'none configured'}"
             )
+    seq_source = p.data.sources.get(p.seq.dataset)
+    if seq_source is None or seq_source.kind not in sequence_kinds:
+        found = "not a data source" if seq_source is None else f"kind {seq_source.kind}"
+        sequences = [n for n, s in p.data.sources.items() if s.kind in sequence_kinds]
+        raise ParamsError(
+            f"invalid params:\n  seq.dataset = {p.seq.dataset!r}: {found}; seq needs a sequence "
+            f"source (kind mnist1d): {', '.join(sequences) or 'none configured'}"
+        )
     for label, pc in p.da.pairs.items():
         for role in ("source", "target"):
             name = getattr(pc, role)

@@ -3,7 +3,8 @@
 Built from the pipeline's summary metrics (the same numbers as `reports/metrics-<profile>.json`),
 one small wide CSV per figure, so `dvc plots diff` draws any two commits or experiments side by
 side: label efficiency of pretraining and of transfer, DA target accuracy per method and pair,
-the autoencoders' test MSE. A figure whose stage did not run is not written.
+the autoencoders' test MSE, the GANs' Fréchet distance, the sequence models' test
+accuracy. A figure whose stage did not run is not written.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ PATTERNS = [
     ),  # one file per backbone: finetune-<backbone>.csv, a column per arm
     re.compile(r"^da/(?P<pair>[^/]+)/(?P<method>[^/]+)/target_acc_mean$"),
     re.compile(r"^(?P<file>ae)/(?P<row>[^/]+)/(?P<col>test_mse)$"),
+    re.compile(r"^(?P<file>gan)/(?P<row>[^/]+)/(?P<col>test_frechet)_mean$"),
+    re.compile(r"^(?P<file>seq)/(?P<row>[^/]+)/(?P<col>test_acc)_mean$"),
 ]
 X = {"pretrain": "fraction", "finetune": "fraction", "da": "run", "ae": "model"}
+X |= {"gan": "generator", "seq": "model"}
 
 
 def tables(metrics: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:

@@ -302,7 +302,9 @@ def test_bench_never_uses_production_names(project):
     assert smoke.model_name("pretrain") == "adaptflow-bench-pretrain"
 
 
-@pytest.mark.parametrize("name", ["ae_sweep", "pretrain_sweep", "transfer_sweep", "da_sweep"])
+@pytest.mark.parametrize(
+    "name", ["ae_sweep", "pretrain_sweep", "transfer_sweep", "da_sweep", "gan_sweep", "seq_sweep"]
+)
 def test_every_bench_imports_and_parses_its_command_line(name, project):
     import importlib
 

@@ -156,3 +156,35 @@ def test_pretrain_budgets_below_the_classes_or_without_gate_labels_exit_before_a
         update={"pretrain": p.pretrain.model_copy(update={"label_fractions": [0.05, 0.1]})}
     )
     assert "no gate labels" in rejected(bypass, ["pretrain"])
+
+
+@pytest.mark.parametrize("profile", ["default", "smoke", "bench"])
+def test_repo_params_pass_gan_and_seq(raw_params, prepared, profile):
+    check_against_data(params(raw_params, prepared, f"profile={profile}"), ["gan", "seq"])
+
+
+@pytest.mark.parametrize(
+    ("override", "stage", "expected"),
+    [
+        ("gan.dataset=synchars", "gan", "= 3 labels, fewer than the 36 classes"),
+        ("gan.augment.fraction=0.002", "gan", "8 labels, fewer than the 10 classes"),
+        ("seq.image_models.vit.kwargs.img_size=32", "seq", "set img_size: 28"),
+    ],
+)
+def test_gan_and_seq_params_the_data_cannot_satisfy(
+    raw_params, prepared, override, stage, expected
+):
+    assert expected in rejected(params(raw_params, prepared, override), [stage])
+
+
+def test_gan_and_seq_need_their_kinds_of_data(raw_params):
+    from adaptflow.config import ParamsError
+
+    with pytest.raises(ParamsError, match="seq needs a sequence source"):
+        build_params(raw_params, {"seq.dataset": "mnist"})
+    with pytest.raises(ParamsError, match="gan needs images"):
+        build_params(raw_params, {"gan.dataset": "mnist1d"})
+    with pytest.raises(ParamsError, match="register_variant"):
+        build_params(raw_params, {"gan.variants": ["dcgan"]})
+    with pytest.raises(ParamsError, match="less than or equal to 0.01"):
+        build_params(raw_params, {"gan.augment.fraction": 0.05})

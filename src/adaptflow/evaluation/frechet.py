@@ -10,6 +10,8 @@ weights, which nothing here may do); numbers are comparable only within this pro
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import linalg
 
@@ -29,13 +31,19 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
     mu2, s2 = gaussian_stats(b)
     if mu1.shape != mu2.shape:
         raise ValueError(f"feature widths differ: {mu1.shape[0]} vs {mu2.shape[0]}")
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(s1)) * eps
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    if np.iscomplexobj(covmean):  # round-off gives tiny imaginary parts; a large one is a bug
-        if not np.allclose(covmean.imag, 0, atol=1e-3 * max(1.0, np.abs(covmean.real).max())):
-            raise ValueError(f"sqrt of Σ₁Σ₂ has an imaginary part {np.abs(covmean.imag).max():.3g}")
+    with warnings.catch_warnings():  # a singular product is expected with n < d: handled here
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(s1)) * eps
+            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        # round-off (and a singular product: n < d) gives small imaginary parts; only the
+        # diagonal enters the trace, and a large imaginary part there is a bug (the reference
+        # FID code's check)
+        diag = np.diagonal(covmean).imag
+        if not np.allclose(diag, 0, atol=1e-3 * max(1.0, np.abs(np.diagonal(covmean).real).max())):
+            raise ValueError(f"sqrt of Σ₁Σ₂ has an imaginary part {np.abs(diag).max():.3g}")
         covmean = covmean.real
     diff = mu1 - mu2
     return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean), 0.0))

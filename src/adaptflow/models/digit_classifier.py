@@ -16,9 +16,17 @@ from adaptflow.training.loaders import array_loader
 class DigitClassifier(OneOptimizerMethod):
     """conv(16) - pool - conv(32) - pool - linear(K): ~98 % on MNIST-sized digits."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int | None = None):
+        """`hidden`: a ReLU layer of that size before the output: the compact features the
+        `gan` stage's Fréchet distance is computed on (`features`)."""
         super().__init__()
         c, h, w = input_shape
+        flat = 32 * (h // 4) * (w // 4)
+        head = (
+            [nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+            if hidden
+            else [nn.Linear(flat, num_classes)]
+        )
         self.net = nn.Sequential(
             nn.Conv2d(c, 16, 3, padding=1),
             nn.ReLU(),
@@ -27,7 +35,7 @@ class DigitClassifier(OneOptimizerMethod):
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(32 * (h // 4) * (w // 4), num_classes),
+            *head,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +69,19 @@ class DigitClassifier(OneOptimizerMethod):
             for i in range(0, len(x), batch_size)
         ]
         return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def features(self, x: np.ndarray | torch.Tensor, batch_size: int = 1000) -> np.ndarray:
+        """The activations feeding the output layer (N, D), float64 for the Fréchet distance."""
+        self.eval()
+        device = next(self.parameters()).device
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        body = self.net[:-1]
+        out = [
+            body(x[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+        return torch.cat(out).double().numpy()
 
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
         return float((self.predict_proba(x).argmax(1) == y).mean())

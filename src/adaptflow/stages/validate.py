@@ -185,12 +185,66 @@ def _check_finetune(params: Params) -> None:
         )
 
 
+def _check_gan(params: Params) -> None:
+    """DCGAN's fixed 1x28x28 geometry, and a label budget that affords every class."""
+    import math
+
+    from adaptflow.stages.gan import SHAPE
+
+    cfg = params.gan
+    manifest = _manifest(params, cfg.dataset)
+    shape = _image_shape("gan", cfg.dataset, manifest)
+    if shape != SHAPE:
+        raise _error(
+            f"gan.dataset = {cfg.dataset!r}: its images are {'x'.join(map(str, shape))} "
+            f"(C x H x W); the DCGAN generates {'x'.join(map(str, SHAPE))}: pick an MNIST-like "
+            "source (e.g. mnist, or digits with size: 28)"
+        )
+    n_train = manifest["shapes"]["x_train"][0]
+    n = (
+        min(n_train, cfg.max_train + round(cfg.max_train * cfg.val_fraction))
+        if cfg.max_train
+        else n_train
+    )
+    allowed = math.floor(cfg.augment.fraction * n + 1e-9)
+    classes = manifest["num_classes"]
+    if allowed < classes:
+        raise _error(
+            f"gan.augment.fraction = {cfg.augment.fraction:g}: {cfg.augment.fraction:g} x {n} "
+            f"training images = {allowed} labels, fewer than the {classes} classes; raise the "
+            "fraction (at most 0.01) or train on more images (gan.max_train)"
+        )
+
+
+def _check_seq(params: Params) -> None:
+    """Sequences for the sequence models, images of the backbones' size for ViT vs CNN."""
+    cfg = params.seq
+    shape = _manifest(params, cfg.dataset)["shapes"]["x_train"]
+    if len(shape) != 3:
+        raise _error(
+            f"seq.dataset = {cfg.dataset!r}: its examples have shape {tuple(shape[1:])}; seq "
+            "needs sequences (C, L), e.g. the mnist1d source"
+        )
+    if cfg.image_dataset is None:
+        return
+    _, h, w = _image_shape("seq", cfg.image_dataset, _manifest(params, cfg.image_dataset))
+    for label, bb in cfg.image_models.items():
+        size = bb.kwargs.get("img_size")
+        if size is not None and tuple(size if isinstance(size, list) else (size, size)) != (h, w):
+            raise _error(
+                f"seq.image_models.{label}.kwargs.img_size = {size}: the images of "
+                f"{cfg.image_dataset!r} are {h}x{w}; set img_size: {h}"
+            )
+
+
 CHECKS: dict[str, Callable[[Params], None]] = {
     "ae": _check_ae,
     "pretrain": _check_pretrain,
     "source": _check_source,
     "features": _check_features,
     "finetune": _check_finetune,
+    "gan": _check_gan,
+    "seq": _check_seq,
 }
 
 

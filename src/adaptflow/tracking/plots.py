@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _tile(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
+def tile(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
     """Images (N, C, H, W) in [0, 1] as one (rows*(H+pad), cols*(W+pad)[, C]) montage array."""
     n, c, h, w = images.shape
     rows = int(np.ceil(n / cols))
@@ -28,7 +28,7 @@ def image_rows(rows: dict[str, np.ndarray], n: int = 10, title: str = ""):
     stack = np.concatenate([np.asarray(imgs[:n], np.float32) for imgs in rows.values()])
     h = stack.shape[2] + 1
     fig, ax = plt.subplots(figsize=(n * 0.9 + 1.5, len(rows) * 0.9 + 0.5))
-    ax.imshow(_tile(stack, n), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(tile(stack, n), cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([])
     ax.set_yticks([h * i + h / 2 - 1 for i in range(len(rows))], list(rows), fontsize=8)
     if title:
@@ -55,7 +55,7 @@ def image_grid(images: np.ndarray, cols: int = 8, title: str = ""):
     """A cols-wide grid of images (N, C, H, W) in [0, 1], drawn as one montage."""
     rows = int(np.ceil(len(images) / cols))
     fig, ax = plt.subplots(figsize=(cols * 0.8, rows * 0.8 + 0.4))
-    ax.imshow(_tile(np.asarray(images, np.float32), cols), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(tile(np.asarray(images, np.float32), cols), cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
     if title:
         ax.set_title(title)
@@ -173,4 +173,30 @@ def domains(points: dict[str, np.ndarray], domain: np.ndarray, title: str = ""):
     axes[0][0].legend(loc="best", markerscale=3)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def timing_vs_length(rows: list[dict]):
+    """Median training-step and forward-pass time per model vs sequence length (log-log)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    lengths = sorted({r["length"] for r in rows})
+    for ax, (key, title) in zip(
+        axes, [("step_s", "training step"), ("forward_s", "forward pass")], strict=True
+    ):
+        for model in sorted({r["model"] for r in rows}):
+            ys = [
+                1000
+                * float(
+                    np.median([r[key] for r in rows if r["length"] == n and r["model"] == model])
+                )
+                for n in lengths
+            ]
+            ax.plot(lengths, ys, marker="o", label=model)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("ms per batch")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig

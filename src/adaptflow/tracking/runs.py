@@ -218,6 +218,24 @@ def log_figure(fig, path: str) -> None:
     plt.close(fig)
 
 
+def log_image_step(image: np.ndarray, key: str, step: int) -> None:
+    """One image of a series (the MLflow UI shows it with a step slider), (H, W) in [0, 1]."""
+    mlflow.log_image(np.clip(image, 0, 1).astype(np.float32), key=key, step=step)
+
+
+def log_gif(frames: list[np.ndarray], path: str, ms_per_frame: int = 400) -> None:
+    """Grayscale frames (H, W) in [0, 1] as an animated GIF artifact at `path`."""
+    import tempfile
+
+    from PIL import Image
+
+    images = [Image.fromarray((np.clip(f, 0, 1) * 255).astype(np.uint8)) for f in frames]
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / Path(path).name
+        images[0].save(file, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
+        mlflow.log_artifact(str(file), str(Path(path).parent))
+
+
 def log_text(text: str, path: str) -> None:
     mlflow.log_text(text, path)
 

@@ -90,3 +90,27 @@ class PairedLoader:
         for _ in range(self.steps_per_epoch):
             idx = self._s.next()
             yield self._with_target(self.x_s[idx], self.y_s[idx])
+
+
+class StepLoader:
+    """`steps` batches of the given arrays, drawn by seeded reshuffled passes (a pass that runs
+    out starts a new one): a budget in optimizer steps whatever the data size, e.g. a tiny
+    labelled set trained for a fixed number of updates. One iteration = one "epoch" of the
+    trainer."""
+
+    def __init__(self, *arrays: np.ndarray, batch_size: int, steps: int, seed: int = 0) -> None:
+        if not arrays or len(arrays[0]) == 0:
+            raise ValueError("StepLoader needs a non-empty array")
+        self.arrays = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        self.steps = steps
+        self._order = _Endless(
+            len(arrays[0]), min(batch_size, len(arrays[0])), torch.Generator().manual_seed(seed)
+        )
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            idx = self._order.next()
+            yield [a[idx] for a in self.arrays]

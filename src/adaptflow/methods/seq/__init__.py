@@ -1,0 +1,5 @@
+"""Sequence classification (seed Q8): a classifier method for any module, and step timing."""
+
+from adaptflow.methods.seq.classifier import Classifier, resample, step_times, train_classifier
+
+__all__ = ["Classifier", "resample", "step_times", "train_classifier"]
