@@ -742,7 +742,13 @@ class GANStageConfig(Frozen):
         1.0, gt=0.5, le=1, description="D's target for real images (< 1: one-sided smoothing)"
     )
     d_dropout: float = Field(0.0, ge=0, lt=1, description="dropout after D's conv blocks")
-    eval_samples: int = Field(1000, ge=10, description="generated images scored per model")
+    eval_samples: int = Field(
+        1000,
+        ge=10,
+        description="cap on the images of each test Fréchet set (n = min(this, test images / "
+        "2): n generated vs the same n real test images; the validation distance uses every "
+        "validation image)",
+    )
     classifier_epochs: int = Field(15, ge=1, description="the evaluator digit classifier")
     augment: GANAugmentConfig = Field(default_factory=GANAugmentConfig)
     amp: bool = True

@@ -53,3 +53,16 @@ def test_fewer_samples_than_dimensions_still_gives_a_finite_distance():
 def test_unusable_inputs_name_the_problem(a, b, match):
     with pytest.raises(ValueError, match=match):
         frechet_distance(a, b)
+
+
+def test_it_matches_the_reference_formula_with_sqrtm():
+    """The symmetric form gives the reference FID code's value (scipy sqrtm of Σ₁Σ₂) on
+    well-conditioned covariances."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5)) + 0.3
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)

@@ -32,29 +32,38 @@ TINY = [
 ]
 
 
-def test_gan_and_seq_flows_register_through_their_gates_and_cache(project, harness):
+def test_gan_and_seq_flows_gate_their_models_and_cache(project, harness):
+    """seq's Transformer registers through its gate (champion on v1). The 1-epoch GAN of width 8
+    is below the registry's sanity bar (its samples hit few classes): the run finishes, says why
+    and registers nothing (tests/stages/test_gan_stage.py covers the bar and the gate metric)."""
     from flows.pipeline import pipeline_flow
 
     prepare_all(load_params("params.yaml"), ["mnist", "mnist1d"], log=lambda m: None)
     outcomes = pipeline_flow("params.yaml", TINY, ".", False, False, ["gan", "seq"])
     client = MlflowClient()
     exp_id = configure(".", "adaptflow-smoke")
-    for stage, metric in (("gan", "gan/gate_val_frechet"), ("seq", "seq/gate_val_acc")):
+    for stage in ("gan", "seq"):
         out = outcomes[stage]
-        assert out["model_decision"] == "champion" and out["model_version"] == "1"
         run = client.get_run(out["run_id"])
         assert run.info.status == "FINISHED"
-        version = client.get_model_version_by_alias(f"adaptflow-smoke-{stage}", "champion")
-        assert float(version.tags["gate.value"]) == run.data.metrics[metric]
         parent = run.data.tags["mlflow.parentRunId"]
-        assert f"{stage}/report.md" in {
-            a.path for a in client.list_artifacts(parent, stage)
-        }  # the report on the pipeline run too
+        assert f"{stage}/report.md" in {a.path for a in client.list_artifacts(parent, stage)}
         nested = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{out['run_id']}'")
         assert len(nested) >= 3 and all(r.info.status == "FINISHED" for r in nested)
-    generator = mlflow.pytorch.load_model("models:/adaptflow-smoke-gan@champion")
-    assert generator.in_dim == 64 + 10  # the cGAN: noise + one-hot class
-    assert generator(torch.randn(2, generator.in_dim)).shape == (2, 1, 28, 28)
+    seq = outcomes["seq"]
+    assert seq["model_decision"] == "champion" and seq["model_version"] == "1"
+    version = client.get_model_version_by_alias("adaptflow-smoke-seq", "champion")
+    seq_run = client.get_run(seq["run_id"])
+    assert float(version.tags["gate.value"]) == seq_run.data.metrics["seq/gate_val_acc"]
+    transformer = mlflow.pytorch.load_model("models:/adaptflow-smoke-seq@champion")
+    assert transformer(torch.randn(2, 1, 40)).shape == (2, 10)
+    gan = outcomes["gan"]
+    assert gan["model_decision"] == "not registered" and gan["model_version"] is None
+    assert (
+        "classes" in gan["model_decision_reason"] or "linear model" in gan["model_decision_reason"]
+    )
+    assert client.search_registered_models(filter_string="name = 'adaptflow-smoke-gan'") == []
     again = pipeline_flow("params.yaml", TINY, ".", False, False, ["gan", "seq"])
     assert again["gan"]["cache_hit"] and again["seq"]["cache_hit"]
-    assert again["gan"]["metrics"] == outcomes["gan"]["metrics"]
+    assert again["gan"]["metrics"] == gan["metrics"]
+    assert again["gan"]["model_decision"] == "not registered"  # the reason survives the cache

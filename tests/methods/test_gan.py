@@ -210,14 +210,17 @@ def test_collapse_guard_fires_on_a_constructed_collapse(digits):
             optimizers=_optimizers(m, 2e-3, 0.0 + 1e-12),
         )
     assert guard.streak == 2
-    # the same budget with G learning does not trip it
+    # the same guard and D, with G learning at D's rate: no outright win, the run goes on
     seed_everything(0)
     m = Adversarial(16, 0, 8)
     healthy = CollapseGuard(epochs=2, acc=0.99, g_loss=6.0)
     trainer = Trainer(
-        CPU, epochs=3, progress=False, monitor="g_loss", restore_best=False, on_epoch_end=healthy
+        CPU, epochs=4, progress=False, monitor="g_loss", restore_best=False, on_epoch_end=healthy
     )
-    trainer.fit(m, array_loader(x, batch_size=64, shuffle=True), optimizers=_optimizers(m))
+    history = trainer.fit(
+        m, array_loader(x, batch_size=64, shuffle=True), optimizers=_optimizers(m, 2e-3, 2e-3)
+    )
+    assert len(history.epochs) == 4 and healthy.streak == 0
 
 
 def test_a_nan_loss_stops_the_game(digits):

@@ -172,3 +172,22 @@ def test_restore_best_false_keeps_the_last_weights():
     assert torch.equal(last.lin.weight, train(False, 3).lin.weight)  # deterministic
     assert torch.equal(best.lin.weight, train(False, 1).lin.weight)  # the epoch-1 weights
     assert not torch.equal(last.lin.weight, best.lin.weight)
+
+
+def test_step_loader_yields_exactly_the_budget_in_epochs_of_per_epoch():
+    import numpy as np
+
+    from adaptflow.training.loaders import MixedLoader, StepLoader
+
+    x = np.arange(10, dtype=np.float32)[:, None]
+    loader = StepLoader(x, batch_size=4, steps=7, per_epoch=3, seed=0)
+    per_epoch = [len(list(loader)) for _ in range(loader.epochs)]
+    assert loader.epochs == 3 and per_epoch == [3, 3, 1] and loader.done == 7
+    assert list(loader) == []  # the budget is spent
+    a = StepLoader(x, batch_size=2, steps=4, per_epoch=4, seed=0)
+    b = StepLoader(x + 100, batch_size=2, steps=4, per_epoch=4, seed=1)
+    batches = list(MixedLoader(a, b))
+    assert len(batches) == 4
+    assert all(
+        len(t[0]) == 4 and (t[0][:2] < 100).all() and (t[0][2:] >= 100).all() for t in batches
+    )

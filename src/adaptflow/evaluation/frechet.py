@@ -10,10 +10,7 @@ weights, which nothing here may do); numbers are comparable only within this pro
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-from scipy import linalg
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -24,26 +21,26 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
-    """d² between feature sets a (n, d) and b (m, d). A singular product of covariances (fewer
-    samples than dimensions) gets `eps` on both diagonals, as the reference FID code does."""
+def _sqrt_psd(s: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a covariance (eigenvalues below 0 from round-off -> 0)."""
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """d² between feature sets a (n, d) and b (m, d).
+
+    Tr (Σ₁Σ₂)^½ = Tr (Σ₁^½ Σ₂ Σ₁^½)^½: the same trace from a symmetric positive semi-definite
+    matrix, so its eigenvalues are real and >= 0 (up to round-off, clipped) and no complex
+    `sqrtm` of the non-symmetric Σ₁Σ₂ is needed, also when n < d makes the covariances singular.
+    """
     mu1, s1 = gaussian_stats(a)
     mu2, s2 = gaussian_stats(b)
     if mu1.shape != mu2.shape:
         raise ValueError(f"feature widths differ: {mu1.shape[0]} vs {mu2.shape[0]}")
-    with warnings.catch_warnings():  # a singular product is expected with n < d: handled here
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(s1 @ s2)
-        if not np.isfinite(covmean).all():
-            offset = np.eye(len(s1)) * eps
-            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    if np.iscomplexobj(covmean):
-        # round-off (and a singular product: n < d) gives small imaginary parts; only the
-        # diagonal enters the trace, and a large imaginary part there is a bug (the reference
-        # FID code's check)
-        diag = np.diagonal(covmean).imag
-        if not np.allclose(diag, 0, atol=1e-3 * max(1.0, np.abs(np.diagonal(covmean).real).max())):
-            raise ValueError(f"sqrt of Σ₁Σ₂ has an imaginary part {np.abs(diag).max():.3g}")
-        covmean = covmean.real
+    root1 = _sqrt_psd(s1)
+    inner = root1 @ s2 @ root1
+    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+    tr_covmean = float(np.sqrt(np.clip(eig, 0, None)).sum())
     diff = mu1 - mu2
-    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean), 0.0))
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean, 0.0))

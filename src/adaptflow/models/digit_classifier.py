@@ -14,7 +14,7 @@ from adaptflow.training.loaders import array_loader
 
 
 class DigitClassifier(OneOptimizerMethod):
-    """conv(16) - pool - conv(32) - pool - linear(K): ~98 % on MNIST-sized digits."""
+    """conv(16) - pool - conv(32) - pool - linear(K) (or a hidden layer before it)."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int | None = None):
         """`hidden`: a ReLU layer of that size before the output: the compact features the
@@ -22,12 +22,7 @@ class DigitClassifier(OneOptimizerMethod):
         super().__init__()
         c, h, w = input_shape
         flat = 32 * (h // 4) * (w // 4)
-        head = (
-            [nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
-            if hidden
-            else [nn.Linear(flat, num_classes)]
-        )
-        self.net = nn.Sequential(
+        convs = [  # created first: the parameters draw the seeded RNG in this order
             nn.Conv2d(c, 16, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
@@ -35,8 +30,12 @@ class DigitClassifier(OneOptimizerMethod):
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            *head,
-        )
+        ]
+        if hidden:
+            head = [nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+        else:
+            head = [nn.Linear(flat, num_classes)]
+        self.net = nn.Sequential(*convs, *head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

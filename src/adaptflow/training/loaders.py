@@ -93,24 +93,54 @@ class PairedLoader:
 
 
 class StepLoader:
-    """`steps` batches of the given arrays, drawn by seeded reshuffled passes (a pass that runs
-    out starts a new one): a budget in optimizer steps whatever the data size, e.g. a tiny
-    labelled set trained for a fixed number of updates. One iteration = one "epoch" of the
-    trainer."""
+    """`steps` batches of the given arrays in all, drawn by seeded reshuffled passes (a pass that
+    runs out starts a new one), `per_epoch` of them per iteration (the last iteration gets what
+    remains): a budget in optimizer steps whatever the data size, e.g. a tiny labelled set
+    trained for a fixed number of updates. One iteration = one "epoch" of the trainer, so run
+    the trainer for `epochs` iterations."""
 
-    def __init__(self, *arrays: np.ndarray, batch_size: int, steps: int, seed: int = 0) -> None:
+    def __init__(
+        self, *arrays: np.ndarray, batch_size: int, steps: int, per_epoch: int = 50, seed: int = 0
+    ) -> None:
         if not arrays or len(arrays[0]) == 0:
             raise ValueError("StepLoader needs a non-empty array")
+        if steps < 1 or per_epoch < 1:
+            raise ValueError(f"steps and per_epoch must be >= 1, got {steps} and {per_epoch}")
         self.arrays = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-        self.steps = steps
-        self._order = _Endless(
-            len(arrays[0]), min(batch_size, len(arrays[0])), torch.Generator().manual_seed(seed)
-        )
+        self.steps, self.per_epoch, self.done = steps, per_epoch, 0
+        g = torch.Generator().manual_seed(seed)
+        self._order = _Endless(len(arrays[0]), min(batch_size, len(arrays[0])), g)
+
+    @property
+    def epochs(self) -> int:
+        return -(-self.steps // self.per_epoch)
 
     def __len__(self) -> int:
-        return self.steps
+        return min(self.per_epoch, self.steps - self.done) or self.per_epoch
 
     def __iter__(self):
-        for _ in range(self.steps):
+        for _ in range(min(self.per_epoch, self.steps - self.done)):
+            self.done += 1
             idx = self._order.next()
             yield [a[idx] for a in self.arrays]
+
+
+class MixedLoader:
+    """Each batch = one batch of `first` and one of `second` concatenated (e.g. half real, half
+    generated images): a fixed mix per batch, whatever the two sets' sizes."""
+
+    def __init__(self, first: StepLoader, second: StepLoader) -> None:
+        if (first.steps, first.per_epoch) != (second.steps, second.per_epoch):
+            raise ValueError("MixedLoader needs two StepLoaders of the same steps and per_epoch")
+        self.first, self.second = first, second
+
+    @property
+    def epochs(self) -> int:
+        return self.first.epochs
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def __iter__(self):
+        for a, b in zip(self.first, self.second, strict=True):
+            yield [torch.cat([u, v]) for u, v in zip(a, b, strict=True)]
