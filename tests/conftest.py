@@ -51,3 +51,14 @@ def shared_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is absent: the shared benchmark data is not beside this checkout")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny torch models: threads only add overhead (and contention with a parallel run)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,12 +26,7 @@ def digits():
     return split.x_train[:512], split.y_train[:512]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _optimizers(m: Adversarial, lr_d=2e-4, lr_g=2e-4):

@@ -78,14 +78,6 @@ def test_sinusoidal_encoding_has_the_seed_form():
     assert sinusoidal_encoding(5, 7).shape == (5, 7)  # an odd width too
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add overhead
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize(
     ("positional", "pooling", "pre_norm"),
     [("sinusoidal", "cls", False), ("learned", "mean", True)],

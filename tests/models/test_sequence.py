@@ -26,12 +26,7 @@ def mnist1d():
     return SOURCES.get("mnist1d")(Mnist1dSource(kind="mnist1d", num_samples=1000), 0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", SEQUENCE_MODELS)

@@ -169,6 +169,38 @@ def split_train_val(n: int, val_fraction: float, max_train: int | None, seed: in
     return train, val
 
 
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """A stage's arrays: training and validation parts of the training split (seeded,
+    `split_train_val`), the (capped) test split, the class count and the validation positions
+    (the gate's split fingerprint)."""
+
+    x_tr: np.ndarray
+    y_tr: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_te: np.ndarray
+    y_te: np.ndarray
+    n_classes: int
+    val_idx: np.ndarray
+
+    @classmethod
+    def build(cls, split, cfg, seed: int) -> HeldOutSplit:
+        """From a prepared split and a stage config with val_fraction, max_train, max_test."""
+        tr, val = split_train_val(len(split.x_train), cfg.val_fraction, cfg.max_train, seed)
+        n_te = test_size(split, cfg.max_test)
+        return cls(
+            split.x_train[tr],
+            split.y_train[tr],
+            split.x_train[val],
+            split.y_train[val],
+            split.x_test[:n_te],
+            split.y_test[:n_te],
+            split.num_classes,
+            val,
+        )
+
+
 def test_size(split, max_test: int | None) -> int:
     """How many test examples a stage scores: all, or the first `max_test` (smoke runs)."""
     return len(split.x_test) if max_test is None else min(max_test, len(split.x_test))

@@ -44,14 +44,13 @@ from adaptflow.stages.base import (
     STAGES,
     Claim,
     Gate,
+    HeldOutSplit,
     StageContext,
     StageOutcome,
     StageSpec,
     claims_table,
     log_claims,
     split_fingerprint,
-    split_train_val,
-    test_size,
 )
 from adaptflow.stages.budget import stratified_sample
 from adaptflow.sweep import sweep
@@ -75,31 +74,7 @@ MIN_CLASSES_HIT = 0.5  # share of the classes a registered generator's samples m
 GRID = 100  # 10 x 10 sample grid per epoch
 
 
-@dataclass(frozen=True)
-class GanData:
-    x_tr: np.ndarray
-    y_tr: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_te: np.ndarray
-    y_te: np.ndarray
-    n_classes: int
-    val_idx: np.ndarray  # positions in the training split: the gate's split fingerprint
-
-    @classmethod
-    def build(cls, split, cfg, seed: int) -> GanData:
-        tr, val = split_train_val(len(split.x_train), cfg.val_fraction, cfg.max_train, seed)
-        n_te = test_size(split, cfg.max_test)
-        return cls(
-            split.x_train[tr],
-            split.y_train[tr],
-            split.x_train[val],
-            split.y_train[val],
-            split.x_test[:n_te],
-            split.y_test[:n_te],
-            split.num_classes,
-            val,
-        )
+GanData = HeldOutSplit  # training / validation / test arrays of the stage's dataset
 
 
 @dataclass(frozen=True)

@@ -28,18 +28,18 @@ import torch
 
 from adaptflow.data import Prepared
 from adaptflow.evaluation.verdicts import FEW_SEEDS, HOLDS, all_of, paired_verdict
+from adaptflow.methods.seq import median_ms
 from adaptflow.stages.base import (
     STAGES,
     Claim,
     Gate,
+    HeldOutSplit,
     StageContext,
     StageOutcome,
     StageSpec,
     claims_table,
     log_claims,
     split_fingerprint,
-    split_train_val,
-    test_size,
 )
 from adaptflow.sweep import sweep
 from adaptflow.training import seed_everything
@@ -53,31 +53,7 @@ TIMED = ("transformer", "lstm")
 VIT_MARGIN = 0.02  # "as well as a CNN": test accuracy at most this below it
 
 
-@dataclass(frozen=True)
-class SplitData:
-    x_tr: np.ndarray
-    y_tr: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_te: np.ndarray
-    y_te: np.ndarray
-    n_classes: int
-    val_idx: np.ndarray
-
-    @classmethod
-    def build(cls, split, cfg, seed: int) -> SplitData:
-        tr, val = split_train_val(len(split.x_train), cfg.val_fraction, cfg.max_train, seed)
-        n_te = test_size(split, cfg.max_test)
-        return cls(
-            split.x_train[tr],
-            split.y_train[tr],
-            split.x_train[val],
-            split.y_train[val],
-            split.x_test[:n_te],
-            split.y_test[:n_te],
-            split.num_classes,
-            val,
-        )
+SplitData = HeldOutSplit  # training / validation / test arrays of the stage's dataset
 
 
 @dataclass
@@ -189,13 +165,10 @@ def timing_unit(d: SplitData, cfg, ctx) -> UnitResult:
                         }
                     )
             for name in TIMED:
-                mine = [r for r in rows if r["length"] == length and r["model"] == name]
                 runs.log_metrics(
                     {
-                        f"seq/timing/{name}_step_ms": 1000
-                        * float(np.median([r["step_s"] for r in mine])),
-                        f"seq/timing/{name}_forward_ms": 1000
-                        * float(np.median([r["forward_s"] for r in mine])),
+                        f"seq/timing/{name}_step_ms": median_ms(rows, length, name, "step_s"),
+                        f"seq/timing/{name}_forward_ms": median_ms(rows, length, name, "forward_s"),
                     },
                     step=length,
                 )
@@ -381,10 +354,7 @@ def report(results, timing, images, claims, cfg, device: str) -> str:
         ]
         for length in sorted({r["length"] for r in timing}):
             med = {
-                (n, k): 1000
-                * float(
-                    np.median([r[k] for r in timing if r["length"] == length and r["model"] == n])
-                )
+                (n, k): median_ms(timing, length, n, k)
                 for n in TIMED
                 for k in ("step_s", "forward_s")
             }
@@ -490,11 +460,7 @@ def summarise(results, timing, images, claims) -> dict[str, float]:
         out["seq/gate_val_acc"] = gate[0]
     for length in sorted({r["length"] for r in timing}):
         for name in TIMED:
-            out[f"seq/timing/L{length}/{name}_step_ms"] = 1000 * float(
-                np.median(
-                    [r["step_s"] for r in timing if r["length"] == length and r["model"] == name]
-                )
-            )
+            out[f"seq/timing/L{length}/{name}_step_ms"] = median_ms(timing, length, name, "step_s")
     for label, per in images.items():
         out[f"seq/image/{label}/test_acc_mean"] = float(
             np.mean([v["test_acc"] for v in per.values()])

@@ -178,19 +178,15 @@ def domains(points: dict[str, np.ndarray], domain: np.ndarray, title: str = ""):
 
 def timing_vs_length(rows: list[dict]):
     """Median training-step and forward-pass time per model vs sequence length (log-log)."""
+    from adaptflow.methods.seq import median_ms
+
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     lengths = sorted({r["length"] for r in rows})
     for ax, (key, title) in zip(
         axes, [("step_s", "training step"), ("forward_s", "forward pass")], strict=True
     ):
         for model in sorted({r["model"] for r in rows}):
-            ys = [
-                1000
-                * float(
-                    np.median([r[key] for r in rows if r["length"] == n and r["model"] == model])
-                )
-                for n in lengths
-            ]
+            ys = [median_ms(rows, n, model, key) for n in lengths]
             ax.plot(lengths, ys, marker="o", label=model)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

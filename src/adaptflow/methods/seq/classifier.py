@@ -124,3 +124,11 @@ def step_times(
             if i:
                 forward.append(time.perf_counter() - t0)
     return float(np.median(train)), float(np.median(forward))
+
+
+def median_ms(rows: list[dict], length: int, model: str, key: str) -> float:
+    """Median over repeats of the timing `key` (seconds: `step_s`, `forward_s`) of `model` at
+    `length` in timing rows, in milliseconds."""
+    return 1000 * float(
+        np.median([r[key] for r in rows if r["length"] == length and r["model"] == model])
+    )
