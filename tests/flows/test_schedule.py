@@ -266,8 +266,8 @@ def test_schedule_refuses_bad_settings_before_serving(project, env, monkeypatch)
     with_schedule(cron="every night")
     with pytest.raises(ParamsError, match="schedule.cron = 'every night': not a cron"):
         serve()
-    with_schedule(stages=["ae", "gan"])
-    with pytest.raises(ParamsError, match=r"unknown stage\(s\) \['gan'\]"):
+    with_schedule(stages=["ae", "gans"])
+    with pytest.raises(ParamsError, match=r"unknown stage\(s\) \['gans'\]"):
         serve()
     with pytest.raises(ParamsError, match="schedule.profile: unknown profile 'nightly'"):
         load_params("params.yaml", ["schedule.profile=nightly"])
