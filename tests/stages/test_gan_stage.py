@@ -139,6 +139,29 @@ def test_stage_run_budget_gate_and_series(mnist, project, monkeypatch):
     assert {a for a, _ in sizes} == {40, len(val)}  # min(eval_samples, 100 // 2); validation
 
 
+def test_an_unconditional_only_stage_registers_the_dcgan_and_makes_no_cgan_claim(
+    mnist, project, monkeypatch
+):
+    """`variants: [dcgan]` with `register_variant: dcgan`: the gated model is the generator
+    that reads noise only, and no claim or run speaks of a cGAN the stage never trained."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    params = _params(variants=["dcgan"], register_variant="dcgan")
+    monkeypatch.setattr(stage, "_unfit_to_register", lambda m, k: "")
+    outcome, run_id, exp_id = _run(params, project, mnist, "test-gan-dcgan")
+    z = params.gan.z_dim
+    assert outcome.gate_context["input_shape"] == str(z)
+    assert outcome.gate_context["model"].startswith(f"dcgan-z{z}-")
+    assert mlflow.pytorch.load_model(outcome.model_uri)(torch.randn(2, z)).shape == (2, 1, 28, 28)
+    children = MlflowClient().search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    assert {r.data.tags["mlflow.runName"] for r in children} == {"gan/dcgan-s0", "gan/augment-s0"}
+    assert not [k for k in outcome.metrics if k.startswith("gan/cgan/")]
+    report = mlflow.artifacts.load_text(f"runs:/{run_id}/gan/report.md")
+    assert "cgan: samples can serve" not in report
+    assert outcome.metrics["gan/claims"] == 3  # realism, equilibrium, augmentation
+
+
 def test_a_collapse_fails_the_run_with_the_reason_and_nothing_is_logged_as_model(mnist, project):
     from mlflow.tracking import MlflowClient
 
