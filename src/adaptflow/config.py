@@ -8,6 +8,7 @@ Every model forbids unknown keys; a bad value raises `ParamsError` naming the ke
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -1029,20 +1030,48 @@ def _format_error(err: ValidationError) -> str:
     return "invalid params:\n  " + "\n  ".join(lines)
 
 
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _checked_profiles(profiles: Any) -> dict[str, Any]:
+    """`profiles` as read: a mapping of file-safe names (they name output files such as
+    reports/metrics-<profile>.json) to overlays (mappings, or empty)."""
+    if profiles is None:
+        return {}
+    if not isinstance(profiles, dict):
+        raise ParamsError(
+            f"invalid params:\n  profiles = {profiles!r}: must map profile names to overlays, "
+            "e.g. profiles: {smoke: {ae: {epochs: 1}}}"
+        )
+    for name, overlay in profiles.items():
+        if not isinstance(name, str) or not PROFILE_NAME.match(name):
+            raise ParamsError(
+                f"invalid params:\n  profiles.{name}: a profile name must be letters, digits, "
+                "'-' or '_' (it names output files)"
+            )
+        if overlay is not None and not isinstance(overlay, dict):
+            raise ParamsError(
+                f"invalid params:\n  profiles.{name} = {overlay!r}: must be a mapping of "
+                "sections laid over the defaults"
+            )
+    return profiles
+
+
 def build_params(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Params:
     overrides = overrides or {}
     tree = copy.deepcopy(raw)
     for k, v in overrides.items():
         _set_path(tree, k, v)
     profile = tree.get("profile", "default")
-    profiles = tree.get("profiles") or {}
+    profiles = _checked_profiles(tree.get("profiles"))
+    if not isinstance(profile, str):
+        raise ParamsError(
+            f"invalid params:\n  profile = {profile!r}: must be a profile name (default or a "
+            "key of profiles)"
+        )
     if profile != "default":
-        if not isinstance(profiles, dict) or profile not in profiles:
-            valid = (
-                ", ".join(["default", *sorted(profiles)])
-                if isinstance(profiles, dict)
-                else "default"
-            )
+        if profile not in profiles:
+            valid = ", ".join(["default", *sorted(profiles)])
             raise ParamsError(
                 f"invalid params:\n  profile = {profile!r}: unknown profile; valid: {valid}"
             )
@@ -1193,9 +1222,13 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
             f"params file {path} not found (run from the project root or pass --params)"
         )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ParamsError(f"params file {path} cannot be read: {e.strerror}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     return build_params(raw, parse_overrides(overrides))

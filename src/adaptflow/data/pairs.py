@@ -57,7 +57,7 @@ def _shift(values_s: list, values_t: list) -> int | None:
     return d if d and sorted(v + d for v in values_s) == sorted(values_t) else None
 
 
-def _check_same_classes(values_s: list, values_t: list) -> None:
+def check_same_classes(values_s: list, values_t: list) -> None:
     if set(values_s) == set(values_t):
         return
     only_s = [v for v in values_s if v not in set(values_t)]
@@ -173,7 +173,7 @@ class DomainPair:
     ) -> DomainPair:
         layout = _layouts(source, target)
         values_s, values_t = label_values(source), label_values(target)
-        _check_same_classes(values_s, values_t)
+        check_same_classes(values_s, values_t)
         source, target = _recode(source, values_s), _recode(target, values_s)
         if layout == "image":
             if standardize != "none":

@@ -216,6 +216,30 @@ def _check_gan(params: Params) -> None:
         )
 
 
+def _check_da(params: Params) -> None:
+    """Each pair's two domains share one task: the same classes (label values), as the stage
+    would find only after loading both datasets. A source `prepare` skipped (the shared files
+    absent) is the stage's to skip with its reason, not an error here."""
+    from adaptflow.data import DataError
+    from adaptflow.data.pairs import check_same_classes
+    from adaptflow.data.prepare import SkippedSource
+
+    for label, pc in params.da.pairs.items():
+        try:
+            source, target = (_label_values(_manifest(params, n)) for n in (pc.source, pc.target))
+        except SkippedSource:
+            continue
+        try:
+            check_same_classes(source, target)
+        except DataError as e:
+            raise _error(f"da.pairs.{label} ({pc.source} -> {pc.target}): {e}") from None
+
+
+def _label_values(manifest: dict) -> list:
+    values = manifest.get("meta", {}).get("label_values")
+    return list(range(manifest["num_classes"])) if values is None else list(values)
+
+
 def _check_seq(params: Params) -> None:
     """Sequences for the sequence models, images of the backbones' size for ViT vs CNN."""
     cfg = params.seq
@@ -243,6 +267,7 @@ CHECKS: dict[str, Callable[[Params], None]] = {
     "source": _check_source,
     "features": _check_features,
     "finetune": _check_finetune,
+    "da": _check_da,
     "gan": _check_gan,
     "seq": _check_seq,
 }
