@@ -75,6 +75,13 @@ def pipeline_flow(
     chosen = stages or list(STAGE_FLOWS)
     _check_against_data(params, chosen)  # before any MLflow run exists: a bad param exits clean
     experiment_id = configure(root, params.experiment)
+    reaped = runs.reap_stale_runs([experiment_id])
+    if reaped:
+        log.warning(
+            "%d run(s) left RUNNING by a killed process were marked KILLED: %s",
+            len(reaped),
+            ", ".join(r[:12] for r in reaped),
+        )
     outcomes: dict[str, dict] = {}
     tags = {
         "adaptflow.kind": "pipeline",

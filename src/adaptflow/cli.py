@@ -99,19 +99,25 @@ def run(
         raise typer.Exit(1) from None
     from flows.pipeline import pipeline_flow
 
+    from adaptflow import interrupt
+    from adaptflow.tracking.runs import kill_open_runs
+
     t0 = time.perf_counter()
     try:
-        outcomes = pipeline_flow(
-            str(params_path),
-            list(overrides or []),
-            ".",
-            force,
-            progress,
-            chosen,
-        )
+        with interrupt.handle_signals(kill_open_runs):
+            outcomes = pipeline_flow(
+                str(params_path), list(overrides or []), ".", force, progress, chosen
+            )
     except DataError as e:
         err.print(f"[bold red]data error:[/] {e}")
         raise typer.Exit(1) from None
+    except (interrupt.Interrupted, KeyboardInterrupt):
+        why = interrupt.reason() if interrupt.STOP.is_set() else "stopped by SIGINT"
+        err.print(
+            f"[bold red]{why}:[/] the runs it had open are ended KILLED; the stages that "
+            "finished are in the cache: run the same command again to resume"
+        )
+        raise typer.Exit(143 if "SIGTERM" in why else 130) from None
     _print_outcomes(outcomes, time.perf_counter() - t0, params.profile)
 
 

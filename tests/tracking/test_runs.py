@@ -69,3 +69,64 @@ def test_with_a_zero_interval_every_value_is_written_at_once(store, monkeypatch)
         for step in range(1, 4):
             runs.log_metrics({"loss": float(step)}, step=step)
             assert history(active.info.run_id, "loss")[-1] == (step, float(step))
+
+
+# ---------------------------------------------------------------- stopped processes
+def _running(name: str, owner: str) -> str:
+    """A run left RUNNING as a killed process leaves it, owned by `owner`."""
+    run = mlflow.start_run(run_name=name, tags={runs.TAG_OWNER: owner})
+    mlflow.end_run("RUNNING")  # pop it from the active stack without ending it in the store
+    MlflowClient().update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id
+
+
+def test_only_runs_of_dead_processes_on_this_host_are_reaped(store):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    ids = {
+        "dead": _running("dead", runs.owner(int(dead.stdout))),
+        "reused pid": _running(
+            "reused", f"{socket.gethostname()}:1:999999999999"
+        ),  # pid 1 lives, not that one
+        "alive": _running("alive", runs.owner()),  # a concurrent pipeline: this process
+        "other host": _running("elsewhere", "another-host:1234:99"),
+        "untagged": _running("old", "not an owner tag"),
+    }
+    exp = mlflow.get_run(ids["dead"]).info.experiment_id
+    reaped = runs.reap_stale_runs([exp])
+    status = {k: MlflowClient().get_run(v).info.status for k, v in ids.items()}
+    assert sorted(reaped) == sorted([ids["dead"], ids["reused pid"]]), status
+    assert status == {
+        "dead": "KILLED",
+        "reused pid": "KILLED",
+        "alive": "RUNNING",
+        "other host": "RUNNING",
+        "untagged": "RUNNING",
+    }
+    assert "ended without closing it" in mlflow.get_run(ids["dead"]).data.tags["adaptflow.error"]
+
+
+def test_a_stop_ends_open_runs_killed_and_the_unwinding_keeps_them_killed(store, monkeypatch):
+    from adaptflow import interrupt
+
+    monkeypatch.setattr(interrupt, "_reason", ["stopped by SIGTERM"])
+    with pytest.raises(interrupt.Interrupted), runs.run("stage") as outer:
+        with runs.run("stage/unit") as inner:
+            interrupt.STOP.set()
+            try:
+                assert sorted(runs.kill_open_runs("stopped by SIGTERM")) == sorted(
+                    [outer.info.run_id, inner.info.run_id]
+                )
+                assert mlflow.get_run(inner.info.run_id).info.status == "KILLED"  # at once
+                interrupt.check()
+            finally:
+                interrupt.STOP.clear()
+    for active in (outer, inner):
+        run = mlflow.get_run(active.info.run_id)
+        assert run.info.status == "KILLED", run.info.run_name  # not FAILED by the unwinding
+        assert "SIGTERM" in run.data.tags["adaptflow.error"]
+    assert not runs._open

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import subprocess
+import threading
 import time
 import traceback
 import warnings
@@ -18,6 +21,8 @@ import mlflow
 import numpy as np
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
+
+from adaptflow import interrupt
 
 # Curves (metrics with a step) are written in batches, at most every FLUSH_SECONDS per run and
 # always when the run ends: one sqlite transaction per epoch cost ~20 ms, a minute over the
@@ -35,6 +40,7 @@ TAG_MISS = "adaptflow.cache_miss_reason"  # a matching cached run existed but wa
 TAG_DECISION = "adaptflow.model_decision"  # the registry gate's decision (or "not registered")
 TAG_REASON = "adaptflow.model_decision_reason"
 TAG_MODELS = "adaptflow.models"  # JSON {label: {uri, gate_context, version, decision, reason}}
+TAG_OWNER = "adaptflow.owner"  # host:pid:start of the process that opened the run
 MANIFEST = "adaptflow/artifacts.json"
 
 
@@ -103,13 +109,16 @@ def run(
         tags = scope_tags | tags
     if experiment_id is None and current is not None:
         experiment_id = current.info.experiment_id
+    interrupt.check()  # no new run once the process was asked to stop
     active = mlflow.start_run(
         run_name=name,
         nested=parent_run_id is not None or mlflow.active_run() is not None,
         parent_run_id=parent_run_id,
         experiment_id=experiment_id,
-        tags=tags,
+        tags=tags | {TAG_OWNER: owner()},
     )
+    with _lock:
+        _open.add(active.info.run_id)
     try:
         yield active
     except BaseException as e:
@@ -117,19 +126,96 @@ def run(
             flush_metrics(active.info.run_id)  # the curve up to the failure is kept
         except Exception as flush_error:  # never hide the run's own error behind a logging one
             log.warning("could not write the curve of run %s: %s", active.info.run_id, flush_error)
+        # a stop (a signal: ours, Prefect's TerminationSignal, Ctrl-C) is not a failure
+        stopped = interrupt.STOP.is_set() or not isinstance(e, Exception)
+        error = interrupt.describe(e) if stopped else f"{type(e).__name__}: {e}"
         mlflow.set_tags(
             {
-                "adaptflow.error": f"{type(e).__name__}: {e}"[:5000],
+                "adaptflow.error": error[:5000],
                 "adaptflow.traceback": traceback.format_exc()[-5000:],
             }
         )
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if stopped else RunStatus.FAILED))
         raise
     else:
         flush_metrics(active.info.run_id)
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     finally:
         _flushed_at.pop(active.info.run_id, None)  # an ended run keeps no state here
+        with _lock:
+            _open.discard(active.info.run_id)
+
+
+# ---------------------------------------------------------------- stopped processes
+_open: set[str] = set()  # the runs this process has open (any thread)
+_lock = threading.Lock()
+
+
+def _start_time(pid: int) -> str:
+    """The process's start (clock ticks since boot, /proc on Linux; "-" elsewhere): with the
+    pid, it tells a live owner from a new process that reuses a dead one's pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "-"
+
+
+def owner(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def _owner_alive(tag: str) -> bool | None:
+    """Whether the process named by an owner tag still runs; None: not this host's (unknown)."""
+    parts = tag.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return None
+    pid, start = int(parts[1]), parts[2]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's live process
+    return start == "-" or _start_time(pid) in (start, "-")
+
+
+def kill_open_runs(reason: str) -> list[str]:
+    """End every run this process has open KILLED, with `reason` as its error (the signal
+    handler's first act: a SIGKILL that follows finds them ended)."""
+    client = MlflowClient()
+    with _lock:
+        ids = sorted(_open)
+    for run_id in ids:
+        try:
+            client.set_tag(run_id, "adaptflow.error", reason)
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        except Exception as e:  # the store itself may be what is failing: keep going
+            log.warning("could not mark run %s KILLED: %s", run_id, e)
+    return ids
+
+
+def reap_stale_runs(experiment_ids: list[str]) -> list[str]:
+    """End KILLED the RUNNING runs whose process (on this host) is gone: what a SIGKILL, an
+    OOM kill or a power cut left behind. A live process's runs (a concurrent pipeline) and
+    other hosts' runs are left alone."""
+    client = MlflowClient()
+    reaped = []
+    found = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=10_000)
+    for r in found:
+        tag = r.data.tags.get(TAG_OWNER)
+        if tag is None or _owner_alive(tag) is not False:
+            continue
+        pid = tag.rsplit(":", 2)[1]
+        client.set_tag(
+            r.info.run_id,
+            "adaptflow.error",
+            f"its process (pid {pid}) ended without closing it (killed); marked KILLED by the "
+            "next pipeline",
+        )
+        client.set_terminated(r.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        reaped.append(r.info.run_id)
+    return reaped
 
 
 # what tells runs of a stage apart, in the order a description names them

@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from adaptflow import interrupt
 from adaptflow.training.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class Trainer:
         window: dict[str, torch.Tensor] = {}
         n = 0
         for i, batch in enumerate(loader, 1):
+            interrupt.check()  # a stopped pipeline ends here, its run KILLED (not mid-write)
             losses = method.update(_to_device(batch, self.device), step)
             for k, v in losses.items():
                 v = v.detach().float()
