@@ -695,6 +695,13 @@ class GANAugmentConfig(Frozen):
     )
     seeds: Seeds = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     gan_steps: int = Field(600, ge=1, description="cGAN updates on the labelled set")
+    gan_lr: float = Field(
+        2e-4,
+        gt=0,
+        le=10,
+        description="the cGAN's Adam learning rate (G and D): DCGAN's published value, fixed "
+        "up front; not gan.lr_g/lr_d, which were chosen on every training label",
+    )
     per_class: int = Field(100, ge=1, description="generated images added per class")
     classifier_steps: int = Field(
         300, ge=1, description="classifier updates, the same with and without (no selection)"

@@ -127,3 +127,27 @@ def test_a_sequence_longer_than_max_len_names_the_limit():
         model(torch.zeros(1, 1, 9))
     with pytest.raises(ValueError, match="sinusoidal or learned"):
         TransformerClassifier(1, 2, 8, positional="rotary")
+
+
+def test_dropout_drops_attention_weights_as_torch_does():
+    """In training, dropout acts on the attention weights (torch's placement): with the same
+    random stream, the output equals nn.MultiheadAttention's, dropout included."""
+    torch.manual_seed(0)
+    theirs = nn.MultiheadAttention(16, 4, dropout=0.3, batch_first=True).train()
+    mine = MultiHeadAttention(16, 4, dropout=0.3).load_from_torch(theirs).train()
+    x = torch.randn(2, 6, 16)
+    torch.manual_seed(1)
+    out, w = mine(x)
+    torch.manual_seed(1)
+    ref, _ = theirs(x, x, x, average_attn_weights=False)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 6))  # the weights, before dropout
+    assert not torch.allclose(out, mine.eval()(x)[0])  # dropout did act
+
+
+def test_a_fully_padded_sequence_is_refused_with_mean_pooling():
+    model = TransformerClassifier(1, 2, 8, pooling="mean")
+    with pytest.raises(ValueError, match="padding at every step"):
+        model(torch.zeros(2, 1, 8), padding(2, 8, [8, 0]))
+    cls = TransformerClassifier(1, 2, 8, pooling="cls")  # the token is never padding
+    assert torch.isfinite(cls(torch.zeros(2, 1, 8), padding(2, 8, [8, 0]))).all()

@@ -4,6 +4,7 @@ and the verdicts (fed results that support or contradict each claim)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 
@@ -37,7 +38,7 @@ def _params(**gan):
         "epochs": 1,
         "channels": 4,
         "max_train": 1000,
-        "max_test": 100,
+        "max_test": 160,  # != the 100 validation images: a distance to test images shows
         "eval_samples": 40,
         "classifier_epochs": 1,
         "augment": params.gan.augment.model_copy(
@@ -256,4 +257,34 @@ def test_d_auc_is_threshold_free(monkeypatch):
     m = Adversarial(8, 0, 4)
     m.D = Biased()
     m.G.sample = lambda n, y=None, seed=0: torch.zeros(n, 1, 28, 28)  # blank fakes
-    assert stage.discriminator_auc(m, d, 0) == pytest.approx(1.0)
+    assert stage.discriminator_auc(m, d, 0, 64) == pytest.approx(1.0)
+
+
+def test_d_auc_scores_d_as_it_played_batchnorm_on_all_real_and_all_fake_batches():
+    """A D whose only feature is batch-normalised brightness: in training mode each all-real
+    or all-fake batch is standardised on its own, so it cannot rank real above fake (AUC near
+    0.5); its eval mode (running statistics) would read 1.0. D itself is left unchanged."""
+    from adaptflow.methods.gan import Adversarial
+
+    class Brightness(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm1d(1)
+
+        def forward(self, x, y=None):
+            return self.bn(x.flatten(1).mean(1, keepdim=True)).squeeze(1)
+
+    split = SOURCES.get("mnist")(MnistSource(kind="mnist"), 0)
+    d = stage.GanData.build(split, _params().gan, 0)
+    m = Adversarial(8, 0, 4)
+    m.D = Brightness()
+    m.G.sample = lambda n, y=None, seed=0: torch.rand(n, 1, 28, 28) * 0.05  # dark fakes
+    before = copy.deepcopy(m.D.state_dict())
+    auc = stage.discriminator_auc(m, d, 0, 50)
+    assert abs(auc - 0.5) < 0.15, auc
+    m.D.eval()
+    real = m.D(torch.from_numpy(d.x_val)).detach()
+    fake = m.D(m.G.sample(len(d.x_val))).detach()
+    assert (real.min() > fake.max()).item()  # eval mode would separate them perfectly
+    for k, v in before.items():
+        assert torch.equal(v, m.D.state_dict()[k]), k

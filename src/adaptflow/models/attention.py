@@ -20,15 +20,18 @@ import torch
 from torch import Tensor, nn
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None = None, dropout: nn.Module | None = None
+) -> tuple[Tensor, Tensor]:
     """softmax(Q Kᵀ / √d_k) V over the last two dims: (output, attention weights).
-    q (…, L_q, d_k), k (…, L_k, d_k), v (…, L_k, d_v); `pad` (batch, L_k) masks keys."""
+    q (…, L_q, d_k), k (…, L_k, d_k), v (…, L_k, d_v); `pad` (batch, L_k) masks keys;
+    `dropout` drops attention weights (training only), where torch's attention drops them."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
     if pad is not None:  # (batch, L_k) -> broadcast over heads and queries
         keys = pad.reshape(pad.size(0), *([1] * (scores.dim() - 2)), pad.size(-1))
         scores = scores.masked_fill(keys, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
-    return weights @ v, weights
+    return (weights if dropout is None else dropout(weights)) @ v, weights
 
 
 class MultiHeadAttention(nn.Module):
@@ -48,9 +51,9 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
         q, k, v = self._split(self.w_q(x)), self._split(self.w_k(x)), self._split(self.w_v(x))
-        out, weights = attention(q, k, v, pad)
+        out, weights = attention(q, k, v, pad, self.dropout)
         out = out.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # Concat(head_1..head_h)
-        return self.w_o(self.dropout(out)), weights
+        return self.w_o(out), weights
 
     @torch.no_grad()
     def load_from_torch(self, mha: nn.MultiheadAttention) -> MultiHeadAttention:
@@ -133,6 +136,10 @@ class TransformerClassifier(nn.Module):
         self.head = nn.Linear(d_model, n_classes)
 
     def forward(self, x: Tensor, pad: Tensor | None = None) -> Tensor:
+        if self.cls is None and pad is not None and bool(pad.all(dim=1).any()):
+            raise ValueError(  # no key to attend to: softmax over nothing is NaN
+                "a sequence is padding at every step; drop it (mean pooling has nothing to average)"
+            )
         h = self.embed(x.transpose(1, 2))  # (b, L, d_model)
         if self.cls is not None:
             h = torch.cat([self.cls.expand(h.size(0), -1, -1), h], dim=1)

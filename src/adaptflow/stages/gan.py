@@ -26,6 +26,7 @@ distance to the held-out VALIDATION images (lower is better); test data selects 
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from adaptflow.data import Prepared
 from adaptflow.evaluation.frechet import frechet_distance
@@ -227,10 +229,15 @@ def score_samples(model: Adversarial, ref: Reference, d: GanData, seed: int) -> 
 
 
 @torch.no_grad()
-def discriminator_auc(model: Adversarial, d: GanData, seed: int) -> float:
+def discriminator_auc(model: Adversarial, d: GanData, seed: int, batch_size: int) -> float:
     """ROC AUC of D's logits, held-out real images vs as many fresh fakes (the cGAN's asked for
     the real images' classes): 0.5 = D cannot tell them apart, whatever its threshold (an
-    accuracy at logit 0 reads 50 % for a D that calls everything real)."""
+    accuracy at logit 0 reads 50 % for a D that calls everything real).
+
+    D is scored as it played: its BatchNorm normalises all-real and all-fake batches of the
+    training batch size with their own statistics (in eval mode its running statistics, a mix
+    of both, would make it another function). A copy is used, so nothing of D changes;
+    dropout is off."""
     from sklearn.metrics import roc_auc_score
 
     model.eval()
@@ -239,9 +246,22 @@ def discriminator_auc(model: Adversarial, d: GanData, seed: int) -> float:
     fake = model.G.sample(len(d.x_val), y, seed=seed + 3000).to(device)
     real = torch.from_numpy(d.x_val).to(device)
     y_dev = None if y is None else y.to(device)
-    logits = torch.cat([model.D(real, y_dev), model.D(fake, y_dev)]).float().cpu().numpy()
+    D = copy.deepcopy(model.D).train()
+    for m in D.modules():
+        if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+            m.eval()
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [
+                D(x[i : i + batch_size], None if y_dev is None else y_dev[i : i + batch_size])
+                for i in range(0, len(x), batch_size)
+            ]
+        )
+
+    scores = torch.cat([logits(real), logits(fake)]).float().cpu().numpy()
     truth = np.r_[np.ones(len(d.x_val)), np.zeros(len(d.x_val))]
-    return float(roc_auc_score(truth, logits))
+    return float(roc_auc_score(truth, scores))
 
 
 def fit_unit(variant: str, seed: int, d: GanData, ref: Reference, cfg, ctx) -> GanResult:
@@ -286,7 +306,7 @@ def fit_unit(variant: str, seed: int, d: GanData, ref: Reference, cfg, ctx) -> G
         seed_everything(seed)  # the noise of the held-out game
         held_out = trainer.evaluate(model, val)
         metrics = {f"val_{k}": v for k, v in held_out.items()}
-        metrics["val_d_auc"] = discriminator_auc(model, d, seed)
+        metrics["val_d_auc"] = discriminator_auc(model, d, seed, cfg.batch_size)
         metrics |= score_samples(model, ref, d, seed)
         metrics["train_seconds"] = history.train_seconds
         out.curves = {
@@ -327,6 +347,7 @@ def augment_unit(seed: int, d: GanData, ref: Reference, cfg, ctx) -> GanResult:
                 "fraction": aug.fraction,
                 "labels_allowed": allowed,
                 "labels_used": len(lab),
+                "gan_lr": aug.gan_lr,
             }
         )
         seed_everything(seed)
@@ -339,7 +360,9 @@ def augment_unit(seed: int, d: GanData, ref: Reference, cfg, ctx) -> GanResult:
             per_epoch=STEPS_PER_EPOCH,
             seed=seed,
         )
-        _, history = fit_gan(gan, loader, cfg, ctx, loader.epochs, f"augment cGAN s{seed}")
+        # its own learning rate, fixed up front: the main GANs' was chosen with every label
+        own = cfg.model_copy(update={"lr_g": aug.gan_lr, "lr_d": aug.gan_lr})
+        _, history = fit_gan(gan, loader, own, ctx, loader.epochs, f"augment cGAN s{seed}")
         y_syn = balanced_labels(aug.per_class * d.n_classes, d.n_classes)
         x_syn = gan.G.sample(len(y_syn), y_syn, seed=seed + 2000).numpy()
         half = max(1, aug.batch_size // 2)
@@ -524,7 +547,9 @@ def report(results, augment, ref: Reference, claims, cfg, dataset: str) -> str:
         lines += [
             f"## Augmentation with {100 * a.fraction:g} % of the labels ({used:.0f} images)",
             "",
-            f"A cGAN trained on those labelled images only ({a.gan_steps} steps); the same "
+            f"A cGAN trained on those labelled images only ({a.gan_steps} steps, Adam lr "
+            f"{a.gan_lr:g} for G and D: DCGAN's published value, fixed up front, not the main "
+            "GANs' learning rate, which was chosen with every training label); the same "
             f"classifier (same initialisation) trained {a.classifier_steps} steps on batches of "
             f"{max(1, a.batch_size // 2)} real images, alone or with as many of the "
             f"{a.per_class}-per-class generated images added to each batch; last kept, "
