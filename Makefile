@@ -95,7 +95,7 @@ test-slow: $(STAMP) ## run only the slow tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: bench-ae bench-pretrain bench-transfer bench-da bench-gan bench-seq ## run every benchmark
+bench: bench-trainer bench-ae bench-pretrain bench-transfer bench-da bench-gan bench-seq ## run every benchmark
 
 .PHONY: bench-ae
 bench-ae: data ## the ae stage with the validation lambda sweep and every anomaly copy (profile bench)
@@ -108,6 +108,10 @@ bench-transfer: data ## source -> features -> finetune, the full sweep (profile 
 .PHONY: bench-da
 bench-da: data ## every DA method x pair x 3 seeds (profile bench), table beside the peer numbers (PAIRS=a,b: some)
 	$(BIN)/python -m bench.da_sweep $(foreach s,$(SET),--set $(s)) $(if $(PAIRS),--pairs $(PAIRS),)
+
+.PHONY: bench-trainer
+bench-trainer: $(STAMP) ## images/s of the Trainer vs a bare PyTorch loop (MLP/conv AE, LeNet DANN, timm), ratios
+	$(BIN)/python -m bench.trainer_overhead
 
 .PHONY: bench-gan
 bench-gan: data ## DCGAN + cGAN at 3 seeds, augmentation at 5 seeds (profile bench), printed report

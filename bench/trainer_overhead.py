@@ -1,0 +1,234 @@
+"""Benchmark: images per second of adaptflow's Trainer vs a bare PyTorch loop, same model, same
+method loss, same data in memory, same batch size and threads, no tracking.
+
+    make bench-trainer                     # 4 cases x 3 alternating repeats, ~3 min on 2 cores
+    python -m bench.trainer_overhead --epochs 3 --repeats 5
+
+Cases: the MLP and conv autoencoders (the `ae` stage's nets and loss), the LeNet domain-
+adaptation step (DANN: a source and a target batch per step) and a timm backbone fine-tuned
+(the transfer stages' resnet10t). The bare loop slices a pre-shuffled tensor per batch and
+calls the method's own `batch_losses` → backward → step; the trainer gets the data through the
+loaders the stages use (`array_loader`, `PairedLoader`) and does everything it does in a stage
+(loss bookkeeping, NaN check every `log_every` steps, progress bar, epoch log) except
+validation, which the bare loop has no counterpart for. Arms alternate (bare first on even
+repeats) after one untimed warm-up epoch each; the table shows the median images/s and
+trainer ÷ bare (goal ≥ 0.95). Nothing is logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+GOAL = 0.95
+
+
+@dataclass
+class Case:
+    name: str
+    method: torch.nn.Module  # a fresh copy is trained per arm and repeat
+    batch_size: int
+    lr: float
+    trainer_loader: Callable[[int], object]  # seed -> the stage's loader
+    bare_batches: Callable[[torch.Generator], list]  # one epoch of batches, pre-sliced
+    images_per_step: int  # images through the net per optimiser step
+
+
+def _mnist(n: int | None = None):
+    from adaptflow.config import MnistSource
+    from adaptflow.data import SOURCES
+
+    split = SOURCES.get("mnist")(MnistSource(kind="mnist"), 0)
+    x, y = split.x_train[:n], split.y_train[:n]
+    return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.int64)
+
+
+def _slices(n: int, batch: int, g: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=g)
+    return [order[i : i + batch] for i in range(0, n, batch)]
+
+
+def ae_case(arch: str, x: np.ndarray) -> Case:
+    from adaptflow.config import load_params
+    from adaptflow.methods.ae import AE_METHODS
+    from adaptflow.models.factory import NetSpec
+    from adaptflow.training.loaders import array_loader
+
+    cfg = load_params("params.yaml").ae
+    spec = NetSpec(x.shape[1:], arch, tuple(cfg.hidden), tuple(cfg.conv_channels), cfg.code_size)
+    method = AE_METHODS.get("ae")(spec)
+    xt = torch.from_numpy(x)
+    return Case(
+        f"{arch} autoencoder (ae stage)",
+        method,
+        cfg.batch_size,
+        cfg.lr,
+        lambda seed: array_loader(x, batch_size=cfg.batch_size, shuffle=True, seed=seed),
+        lambda g: [(xt[i],) for i in _slices(len(x), cfg.batch_size, g)],
+        cfg.batch_size,
+    )
+
+
+def da_case(x: np.ndarray, y: np.ndarray) -> Case:
+    from adaptflow.config import load_params
+    from adaptflow.methods.da import DA_METHODS
+    from adaptflow.models.featurizers import build_featurizer
+    from adaptflow.training.loaders import PairedLoader
+
+    cfg = load_params("params.yaml").da
+    half = len(x) // 2
+    xs, ys, xt_ = x[:half], y[:half], x[half:]  # two "domains": the timing is what counts
+    cls = DA_METHODS.get("dann")
+    method = cls(build_featurizer(x.shape[1:], cfg.feature_dim), 10, cls.Config(), 10_000)
+    b = cfg.batch_size
+    txs, tys, txt = (torch.from_numpy(a) for a in (xs, ys, xt_))
+
+    def bare(g: torch.Generator) -> list:
+        s, t = _slices(half, b, g), _slices(len(xt_), b, g)
+        return [(txs[i], tys[i], txt[j]) for i, j in zip(s, t, strict=False)]
+
+    return Case(
+        "LeNet DANN step (da stage)",
+        method,
+        b,
+        cfg.lr,
+        lambda seed: PairedLoader(xs, ys, xt_, batch_size=b, seed=seed),
+        bare,
+        2 * b,
+    )
+
+
+def timm_case(x: np.ndarray, y: np.ndarray) -> Case:
+    from adaptflow.config import load_params
+    from adaptflow.methods.transfer.finetune import FineTune
+    from adaptflow.models.backbones import build_backbone
+    from adaptflow.training.loaders import array_loader
+
+    params = load_params("params.yaml")
+    bb = next(iter(params.transfer.backbones.values()))
+    net = build_backbone(bb.arch, 10, kwargs=bb.kwargs, small_input=bb.small_input)
+    b = params.finetune.batch_size
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    return Case(
+        f"timm {bb.arch} fine-tuning (finetune stage)",
+        FineTune(net),
+        b,
+        params.finetune.lr,
+        lambda seed: array_loader(x, y, batch_size=b, shuffle=True, seed=seed),
+        lambda g: [(tx[i], ty[i]) for i in _slices(len(x), b, g)],
+        b,
+    )
+
+
+DEVICE = torch.device("cpu")  # main() resolves it: a GPU when there is one
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_bare(method, batches: list, lr: float) -> None:
+    method.to(DEVICE).train()
+    opt = torch.optim.Adam(method.parameters(), lr=lr)
+    for batch in batches:
+        loss = method.batch_losses(tuple(t.to(DEVICE, non_blocking=True) for t in batch))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync()
+
+
+def run_trainer(method, loader, lr: float, epochs: int, progress: bool) -> None:
+    from adaptflow.training import Trainer
+
+    method.to(DEVICE)
+    opt = torch.optim.Adam(method.parameters(), lr=lr)
+    trainer = Trainer(DEVICE, epochs, progress=progress, restore_best=False)
+    trainer.fit(method, loader, None, optimizers=[opt])
+    _sync()
+
+
+def measure(case: Case, epochs: int, repeats: int, progress: bool) -> dict[str, list[float]]:
+    """Images/s per arm and repeat; the arms alternate, each after an untimed warm-up."""
+    steps = len(case.bare_batches(torch.Generator().manual_seed(0)))
+    images = steps * case.images_per_step * epochs
+    arms = {"bare": [], "trainer": []}
+
+    def bare(seed: int) -> None:
+        m = copy.deepcopy(case.method)
+        g = torch.Generator().manual_seed(seed)
+        batches = [b for _ in range(epochs) for b in case.bare_batches(g)]
+        t0 = time.perf_counter()
+        run_bare(m, batches, case.lr)
+        arms["bare"].append(images / (time.perf_counter() - t0))
+
+    def trainer(seed: int) -> None:
+        m = copy.deepcopy(case.method)
+        loader = case.trainer_loader(seed)
+        t0 = time.perf_counter()
+        run_trainer(m, loader, case.lr, epochs, progress)
+        arms["trainer"].append(images / (time.perf_counter() - t0))
+
+    run_bare(copy.deepcopy(case.method), case.bare_batches(torch.Generator()), case.lr)
+    run_trainer(copy.deepcopy(case.method), case.trainer_loader(0), case.lr, 1, progress)
+    for r in range(repeats):
+        for arm in (bare, trainer) if r % 2 == 0 else (trainer, bare):
+            arm(r)
+    return arms
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from adaptflow.env import configure_env
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per arm and repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats per case")
+    parser.add_argument("--images", type=int, default=4000, help="mnist training images used")
+    parser.add_argument("--progress", action="store_true", help="the trainer's progress bar on")
+    args = parser.parse_args(argv)
+    configure_env(".")
+    from adaptflow.training import resolve_device
+
+    global DEVICE
+    DEVICE = resolve_device("auto")
+    x, y = _mnist(args.images)
+    cases = [ae_case("mlp", x), ae_case("conv", x), da_case(x, y), timm_case(x, y)]
+    table = Table(
+        title=f"Trainer vs a bare PyTorch loop (images/s, median of {args.repeats} alternating "
+        f"repeats of {args.epochs} epochs; {torch.get_num_threads()} threads, {DEVICE.type})"
+    )
+    for col in ("case", "batch", "bare loop", "trainer", "trainer ÷ bare", f"≥ {GOAL}"):
+        table.add_column(col, justify="left" if col == "case" else "right")
+    t0 = time.perf_counter()
+    for case in cases:
+        arms = measure(case, args.epochs, args.repeats, args.progress)
+        bare, tr = statistics.median(arms["bare"]), statistics.median(arms["trainer"])
+        per = [t / b for t, b in zip(arms["trainer"], arms["bare"], strict=True)]
+        ratio = tr / bare
+        table.add_row(
+            case.name,
+            str(case.batch_size),
+            f"{bare:,.0f}",
+            f"{tr:,.0f}",
+            f"{ratio:.3f} ({min(per):.2f}–{max(per):.2f})",
+            "yes" if ratio >= GOAL else "NO",
+        )
+    Console(width=140).print(table)
+    print(
+        f"wall time {time.perf_counter() - t0:.0f} s; progress bar {'on' if args.progress else 'off'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
