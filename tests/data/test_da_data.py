@@ -259,9 +259,49 @@ def vectors_read_as_images(tmp_path):
     return {"kind": "npz", "path": tmp_path / "r.npz"}, "set layout: vector"
 
 
+def truncated_h5(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "u.h5", "w") as f:
+        for part in ("train", "test"):
+            f.create_dataset(f"{part}/data", data=np.zeros((20, 256)))
+            f.create_dataset(f"{part}/target", data=np.arange(20) % 10)
+    data = (tmp_path / "u.h5").read_bytes()
+    (tmp_path / "u.h5").write_bytes(data[: len(data) // 3])
+    return {"kind": "usps_h5", "path": tmp_path / "u.h5"}, "not a USPS h5 file.*truncated"
+
+
+def truncated_svmlight(tmp_path):
+    (tmp_path / "t.svm").write_text("3 1:0.5 2:1\n7 1:0.25 2:")  # cut in the middle of a pair
+    return {"kind": "svmlight", "path": tmp_path / "t.svm"}, r"line 2 "
+
+
+def nan_pixels(tmp_path):
+    x = np.random.default_rng(0).random((6, 8, 8))
+    x[3, 4, 4] = np.nan
+    np.savez(tmp_path / "p.npz", X=x, y=np.arange(6) % 2)
+    return {"kind": "npz", "path": tmp_path / "p.npz"}, "NaN or inf"
+
+
+def images_of_a_wrong_shape(tmp_path):
+    np.savez(tmp_path / "w.npz", X=np.zeros((6, 2, 3, 4, 5)), y=np.arange(6) % 2)
+    return {"kind": "npz", "path": tmp_path / "w.npz"}, r"shape"
+
+
+def empty_image_folder(tmp_path):
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    (tmp_path / "imgs" / "dog").mkdir()
+    return {"kind": "image_folder", "path": tmp_path / "imgs"}, "one sub-folder of images per class"
+
+
 @pytest.mark.parametrize(
     "make",
     [
+        truncated_h5,
+        truncated_svmlight,
+        nan_pixels,
+        images_of_a_wrong_shape,
+        empty_image_folder,
         truncated_npz,
         npz_wrong_keys,
         garbage_mat,

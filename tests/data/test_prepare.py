@@ -6,6 +6,7 @@ import pytest
 from adaptflow.config import build_params
 from adaptflow.data import DataError, load_prepared, prepare_all
 from adaptflow.data.pairs import DomainPair
+from adaptflow.data.prepare import file_digests
 
 
 @pytest.fixture
@@ -62,3 +63,29 @@ def test_domain_pair_common_format(params):
     gray = DomainPair.build(src, tgt, side=16)
     assert gray.source.x_train.shape[1:] == (1, 16, 16)
     assert np.allclose(pair.source.x_train[:, 0], pair.source.x_train[:, 2])
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda a: a["x_train"].__setitem__((0, 0, 0, 0), np.nan), "x_train holds NaN"),
+        (lambda a: a["y_test"].__setitem__(0, 10), "labels outside the class codes 0..9"),
+        (lambda a: a.__setitem__("y_train", a["y_train"][:-1]), "y_train has shape"),
+    ],
+    ids=["nan pixel", "label out of range", "short labels"],
+)
+def test_a_prepared_file_with_a_matching_digest_is_still_checked(params, edit, says):
+    """A file rewritten with a manifest to match (a buggy or hand-edited prepare) passes the
+    digest check; its arrays are checked too, and the error names the file and `make data`."""
+    prepare_all(params, ["digits"], log=lambda m: None)
+    d = params.data.prepared_dir
+    with np.load(d / "digits.npz") as f:
+        arrays = {k: f[k].copy() for k in f.files}
+    edit(arrays)
+    np.savez(d / "digits.npz", **arrays)
+    manifest = json.loads((d / "digits.json").read_text())
+    manifest["md5"] = file_digests(d / "digits.npz")[0]
+    (d / "digits.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="make data") as err:
+        load_prepared(d, "digits")
+    assert says in str(err.value) and "digits.npz" in str(err.value)

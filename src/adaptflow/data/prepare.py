@@ -164,4 +164,28 @@ def load_prepared(prepared_dir: Path | str, name: str, verify: bool = True) -> P
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"prepared dataset {npz_path} is unreadable ({e}); {FIX}") from None
+    problem = _array_problem(arrays, manifest)
+    if problem:
+        raise DataError(f"prepared dataset {npz_path}: {problem}; {FIX.replace('create', 'redo')}")
     return Prepared(name, npz_path, manifest, Split(**arrays, meta=manifest.get("meta", {})))
+
+
+def _array_problem(arrays: dict[str, np.ndarray], manifest: dict) -> str:
+    """What is wrong with a prepared file's arrays ("" = nothing): shapes other than the
+    manifest's, a label count that differs from the examples', non-finite pixels, labels that
+    are not class codes 0..K-1. A file that passed its digest check can still be one a buggy
+    or hand-edited `prepare` wrote with a matching manifest."""
+    shapes = manifest.get("shapes", {})
+    for key, a in arrays.items():
+        if key in shapes and list(a.shape) != list(shapes[key]):
+            return f"{key} has shape {list(a.shape)}, its manifest says {shapes[key]}"
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if y.ndim != 1 or len(x) != len(y):
+            return f"{len(x)} {part} examples but labels of shape {list(y.shape)}"
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            return f"x_{part} holds NaN or inf values"
+        k = manifest.get("num_classes")
+        if y.dtype.kind not in "iu" or (len(y) and (y.min() < 0 or (k and y.max() >= k))):
+            return f"y_{part} holds labels outside the class codes 0..{(k or 0) - 1}"
+    return ""
