@@ -102,23 +102,47 @@ def pipeline_flow(
                 "overrides": overrides,
             }
         )
+        failed: dict[str, str] = {}
+        first_error: Exception | None = None
         with task_runners(params.runner) as task_runner:  # a local Dask cluster lives here
             for name in chosen:
                 spec = STAGES.get(name)
+                blocked = [d for d in spec.depends_on if d in failed]
+                if first_error is not None and params.on_stage_failure == "stop":
+                    failed[name] = "not run (on_stage_failure: stop)"
+                    continue
+                if blocked:
+                    failed[name] = f"not run: it needs {', '.join(blocked)}, which failed"
+                    continue
                 done = [d for d in spec.depends_on if d in outcomes]  # else: from the registry
-                out = STAGE_FLOWS[name].with_options(task_runner=task_runner())(
-                    params_path,
-                    overrides,
-                    root,
-                    parent.info.run_id,
-                    force,
-                    progress,
-                    {d: outcomes[d]["cache_key"] for d in done},
-                    {d: upstream_ref(outcomes[d]) for d in done},
-                )
+                try:
+                    out = STAGE_FLOWS[name].with_options(task_runner=task_runner())(
+                        params_path,
+                        overrides,
+                        root,
+                        parent.info.run_id,
+                        force,
+                        progress,
+                        {d: outcomes[d]["cache_key"] for d in done},
+                        {d: upstream_ref(outcomes[d]) for d in done},
+                    )
+                except Exception as e:  # the stage's run is FAILED with the reason already
+                    failed[name] = f"{type(e).__name__}: {e}"
+                    first_error = first_error or e
+                    log.error("stage %s failed: %s", name, failed[name])
+                    continue
                 outcomes[name] = out  # the registry gate ran inside the stage (base.execute)
         runs.log_metrics({k: v for o in outcomes.values() for k, v in o["metrics"].items()})
         runs.log_metrics({"pipeline/stages_cached": sum(o["cache_hit"] for o in outcomes.values())})
+        if first_error is not None:
+            runs.log_metrics(
+                {
+                    "pipeline/stages_failed": sum(
+                        not v.startswith("not run") for v in failed.values()
+                    )
+                }
+            )
+            raise StagesFailed(outcomes, failed) from first_error
     skip = report_skip_reason(list(outcomes), overrides, params_path, tags)
     if skip is None:
         _write_metrics(metrics_path(root, params.profile), outcomes)
@@ -126,6 +150,19 @@ def pipeline_flow(
     else:
         log.info("%s not written: %s", metrics_path(root, params.profile), skip)
     return outcomes
+
+
+class StagesFailed(RuntimeError):
+    """Stages failed (their runs FAILED with the reason): what finished (`outcomes`) and what
+    did not (`failed`: stage -> reason, or why it was not run), for the summary."""
+
+    def __init__(self, outcomes: dict[str, dict], failed: dict[str, str]):
+        self.outcomes, self.failed = outcomes, failed
+        ran = {k: v for k, v in failed.items() if not v.startswith("not run")}
+        super().__init__(
+            "; ".join(f"stage {k} failed: {v}" for k, v in ran.items())
+            + (f" ({len(failed) - len(ran)} stage(s) not run)" if len(failed) > len(ran) else "")
+        )
 
 
 def prefect_tags() -> dict[str, str]:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from adaptflow.config import ParamsError, load_params
@@ -97,7 +98,7 @@ def run(
     except StoreError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import StagesFailed, pipeline_flow
 
     from adaptflow import interrupt
     from adaptflow.tracking.runs import kill_open_runs
@@ -110,6 +111,11 @@ def run(
             )
     except DataError as e:
         err.print(f"[bold red]data error:[/] {e}")
+        raise typer.Exit(1) from None
+    except StagesFailed as e:
+        _print_outcomes(e.outcomes, time.perf_counter() - t0, params.profile, e.failed)
+        kind = "data error" if isinstance(e.__cause__, DataError) else "error"
+        err.print(f"[bold red]{kind}:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
     except (interrupt.Interrupted, KeyboardInterrupt):
         why = interrupt.reason() if interrupt.STOP.is_set() else "stopped by SIGINT"
@@ -126,10 +132,14 @@ def run_stage_main(stage: str) -> None:
     app(["run", "--stage", stage, *sys.argv[1:]])
 
 
-def _print_outcomes(outcomes: dict, seconds: float, profile: str) -> None:
+def _print_outcomes(
+    outcomes: dict, seconds: float, profile: str, failed: dict[str, str] | None = None
+) -> None:
     from adaptflow.stages import STAGES
 
-    table = Table(title=f"adaptflow pipeline ({profile}) in {seconds:.1f} s")
+    failed = failed or {}
+    verdict = f", {len(failed)} stage(s) FAILED or not run" if failed else ""
+    table = Table(title=f"adaptflow pipeline ({profile}) in {seconds:.1f} s{verdict}")
     for col in ("stage", "cached", "key metrics", "model", "run id"):
         table.add_column(col)
     for name, o in outcomes.items():
@@ -148,6 +158,9 @@ def _print_outcomes(outcomes: dict, seconds: float, profile: str) -> None:
                 for label, m in o["models"].items()
             )
         table.add_row(name, "yes" if o["cache_hit"] else "no", metrics, model, o["run_id"][:12])
+    for name, why in failed.items():
+        status = "[yellow]not run[/]" if why.startswith("not run") else "[bold red]FAILED[/]"
+        table.add_row(name, "-", f"{status} {escape(why[:300])}", "not registered", "-")
     Console().print(table)
     from adaptflow.tracking.store import shown_uri, user_uri
 

@@ -961,6 +961,12 @@ class Params(Frozen):
     retries: RetryConfig = Field(default_factory=RetryConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    on_stage_failure: Literal["stop", "continue"] = Field(
+        "stop",
+        description="a stage that fails (a NaN loss, bad data, a bug): stop the pipeline there, "
+        "or continue with the stages that do not depend on it; either way the summary lists "
+        "it and the pipeline exits 1",
+    )
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -276,3 +276,74 @@ def test_params_contradicting_the_data_stop_before_any_run(smoke_project):
     with pytest.raises(ParamsError, match="anomaly_digit"):
         run_pipeline([*SMOKE, "ae.anomaly_digit=12"])  # mnist has 10 classes
     assert not (smoke_project / "mlruns").exists()  # no store, so no run was created
+
+
+@pytest.mark.parametrize("policy", ["continue", "stop"])
+def test_a_diverged_stage_fails_with_its_reason_and_the_pipeline_follows_on_stage_failure(
+    smoke_project, policy, monkeypatch
+):
+    """A loss that turns NaN: that stage's runs FAILED with the reason and no model registered;
+    `continue` still runs the stage that does not depend on it, `stop` does not; the error
+    carries the summary (what finished, what failed or was not run).
+
+    No learning rate params allow (<= 10) makes a stage NaN here (Adam's steps are bounded,
+    the VAE's log-variance, the KL and BCE terms are clamped), so the autoencoder's loss is
+    made NaN from its third step on; the trainer, the stage, the gate and the pipeline are
+    the real ones."""
+    from flows.pipeline import StagesFailed
+
+    from adaptflow.methods.ae.base import TorchAE
+
+    real, calls = TorchAE.reconstruction, []
+
+    def diverging(self, logits, x):
+        calls.append(1)
+        out = real(self, logits, x)
+        return {k: v * float("nan") for k, v in out.items()} if len(calls) > 2 else out
+
+    monkeypatch.setattr(TorchAE, "reconstruction", diverging)
+    overrides = [*SMOKE, "ae.methods=[ae]", f"on_stage_failure={policy}"]
+    with pytest.raises(StagesFailed) as err:
+        run_pipeline(overrides, stages=IMAGE_STAGES)
+    failed, outcomes = err.value.failed, err.value.outcomes
+    assert set(failed) == ({"ae"} if policy == "continue" else {"ae", "pretrain"})
+    assert "NonFiniteLossError" in failed["ae"] and "NaN" in failed["ae"]
+    assert set(outcomes) == ({"pretrain"} if policy == "continue" else set())
+    if policy == "stop":
+        assert failed["pretrain"] == "not run (on_stage_failure: stop)"
+    client = MlflowClient()
+    exp_id = configure(".", EXPERIMENT)
+    runs = client.search_runs([exp_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert (
+        by_name["ae"].info.status == "FAILED" and by_name["pipeline-smoke"].info.status == "FAILED"
+    )
+    assert "stage ae failed" in by_name["pipeline-smoke"].data.tags["adaptflow.error"]
+    assert ("pretrain" in by_name) == (policy == "continue")
+    if policy == "continue":
+        assert by_name["pretrain"].info.status == "FINISHED"
+    names = {m.name for m in client.search_registered_models()}
+    assert "adaptflow-smoke-ae" not in names
+
+
+def test_the_cli_summary_lists_failed_and_skipped_stages_and_exits_1(smoke_project, monkeypatch):
+    from typer.testing import CliRunner
+
+    from adaptflow import cli
+    from adaptflow.stages import STAGES
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("synthetic failure")
+
+    spec = STAGES.get("ae")
+    monkeypatch.setitem(STAGES._items, "ae", type(spec)(**{**spec.__dict__, "run": boom}))
+    monkeypatch.setenv("COLUMNS", "200")
+    args = ["run", "--no-progress", "--stage", "ae", "--stage", "pretrain"]
+    result = CliRunner().invoke(cli.app, [*args, *(a for o in SMOKE for a in ("--set", o))])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, said
+    assert "1 stage(s) FAILED or not run" not in said  # two: ae failed, pretrain not run
+    assert "2 stage(s) FAILED or not run" in said
+    assert "FAILED RuntimeError: synthetic failure" in said
+    assert "not run (on_stage_failure: stop)" in said
+    assert "error: stage ae failed: RuntimeError: synthetic failure" in said
