@@ -33,6 +33,22 @@ def _no_inherited_tracking_uri():
     yield
 
 
+def prepare_sources(out: Path, names: list[str]) -> Path:
+    """The data sources `names` prepared into `out` (pass data.prepared_dir=<out>)."""
+    from adaptflow.config import load_params
+    from adaptflow.data import prepare_all
+
+    params = load_params(REPO / "params.yaml", [f"data.prepared_dir={out}"])
+    prepare_all(params, names, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared_mnist(tmp_path_factory) -> Path:
+    """mnist prepared once per test module in a temporary folder."""
+    return prepare_sources(tmp_path_factory.mktemp("prepared"), ["mnist"])
+
+
 @pytest.fixture
 def raw_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())

@@ -26,9 +26,8 @@ from typer.testing import CliRunner
 
 from adaptflow import cli
 from adaptflow.config import Params, ParamsError, build_params, load_params
-from adaptflow.data import prepare_all
 
-from .conftest import REPO
+from .conftest import REPO, prepare_sources
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -37,9 +36,7 @@ RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 def prepared(tmp_path_factory) -> Path:
     """mnist prepared for real, and `letters`: a 26-class source's manifest (what the
     pre-run checks read) beside a placeholder array file."""
-    out = tmp_path_factory.mktemp("prepared")
-    params = load_params(REPO / "params.yaml", [f"data.prepared_dir={out}"])
-    prepare_all(params, ["mnist"], log=lambda m: None)
+    out = prepare_sources(tmp_path_factory.mktemp("prepared"), ["mnist"])
     manifest = json.loads((out / "mnist.json").read_text())
     manifest.update(num_classes=26, meta={"label_values": [chr(65 + k) for k in range(26)]})
     (out / "letters.json").write_text(json.dumps(manifest))

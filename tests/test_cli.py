@@ -8,11 +8,6 @@ import sys
 import pytest
 import torch
 
-from adaptflow.config import load_params
-from adaptflow.data import prepare_all
-
-from .conftest import REPO
-
 
 def adaptflow(*args: str, cwd) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "adaptflow.cli", *args]
@@ -21,14 +16,6 @@ def adaptflow(*args: str, cwd) -> subprocess.CompletedProcess:
 
 def said(proc: subprocess.CompletedProcess) -> str:
     return " ".join(proc.stderr.split())  # rich wraps long lines at the console width
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    params = load_params(REPO / "params.yaml", [f"data.prepared_dir={out}"])
-    prepare_all(params, ["mnist"], log=lambda m: None)
-    return out
 
 
 def test_cli_exits_2_and_creates_no_run(project):
@@ -60,8 +47,10 @@ def test_cli_exits_2_and_creates_no_run(project):
         ),
     ],
 )
-def test_params_the_data_cannot_satisfy_exit_2_before_any_run(project, prepared, args, expected):
-    proc = adaptflow("run", "--set", f"data.prepared_dir={prepared}", *args, cwd=project)
+def test_params_the_data_cannot_satisfy_exit_2_before_any_run(
+    project, prepared_mnist, args, expected
+):
+    proc = adaptflow("run", "--set", f"data.prepared_dir={prepared_mnist}", *args, cwd=project)
     assert proc.returncode == 2, proc.stderr
     assert expected in said(proc)
     assert not (project / "mlruns").exists() and not (project / ".prefect").exists()

@@ -13,20 +13,7 @@ import time
 import psutil
 import pytest
 
-from adaptflow.config import load_params
-from adaptflow.data import prepare_all
-
-from ..conftest import REPO
-
 STAGES = ["--stage", "ae", "--stage", "pretrain"]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    params = load_params(REPO / "params.yaml", [f"data.prepared_dir={out}"])
-    prepare_all(params, ["mnist"], log=lambda m: None)
-    return out
 
 
 def _start(project, prepared) -> subprocess.Popen:
@@ -119,10 +106,10 @@ def _read_everything_back(client, prepared) -> dict[str, int]:
     ids=["SIGTERM", "SIGKILL"],
 )
 def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
-    project, prepared, sig
+    project, prepared_mnist, sig
 ):
     client = _client(project)
-    first = _start(project, prepared)
+    first = _start(project, prepared_mnist)
     try:
         _wait_for_training_in(client, "pretrain", first)
     except BaseException:
@@ -144,7 +131,7 @@ def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
     names = {r.info.run_name for r in killed}
     assert {"pipeline-smoke", "pretrain"} <= names and "ae" not in names, names
 
-    second = _start(project, prepared)
+    second = _start(project, prepared_mnist)
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out
     for r in killed:
@@ -161,5 +148,5 @@ def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
     assert stages["ae"].data.tags["adaptflow.cache_hit"] == "true"  # finished: reused
     assert stages["pretrain"].data.tags["adaptflow.cache_hit"] == "false"  # killed: redone
     assert stages["pretrain"].info.status == "FINISHED"
-    counted = _read_everything_back(client, prepared)
+    counted = _read_everything_back(client, prepared_mnist)
     assert counted["runs"] > 10 and counted["artifacts"] > 10 and counted["versions"] >= 2
