@@ -1,13 +1,14 @@
 """Benchmark: images per second of adaptflow's Trainer vs a bare PyTorch loop, same model, same
 method loss, same data in memory, same batch size and threads, no tracking.
 
-    make bench-trainer                     # 4 cases x 3 alternating repeats, ~3 min on 2 cores
+    make bench-trainer                     # 4 cases x 5 alternating repeats, ~2 min on 2 cores
     python -m bench.trainer_overhead --epochs 3 --repeats 5
 
 Cases: the MLP and conv autoencoders (the `ae` stage's nets and loss), the LeNet domain-
 adaptation step (DANN: a source and a target batch per step) and a timm backbone fine-tuned
-(the transfer stages' resnet10t). The bare loop slices a pre-shuffled tensor per batch and
-calls the method's own `batch_losses` → backward → step; the trainer gets the data through the
+(the transfer stages' resnet10t). The bare loop gathers each batch from the in-memory tensor
+with a pre-shuffled index (inside the timed loop, as any loop must) and calls the method's own
+`batch_losses` → backward → step; the trainer gets the data through the
 loaders the stages use (`array_loader`, `PairedLoader`) and does everything it does in a stage
 (loss bookkeeping, NaN check every `log_every` steps, progress bar, epoch log) except
 validation, which the bare loop has no counterpart for. Arms alternate (bare first on even
@@ -37,7 +38,8 @@ class Case:
     batch_size: int
     lr: float
     trainer_loader: Callable[[int], object]  # seed -> the stage's loader
-    bare_batches: Callable[[torch.Generator], list]  # one epoch of batches, pre-sliced
+    bare_index: Callable[[torch.Generator], list]  # one epoch of batch indices (shuffled)
+    take: Callable[[object], tuple]  # batch indices -> the batch (gathered in the timed loop)
     images_per_step: int  # images through the net per optimiser step
 
 
@@ -71,7 +73,8 @@ def ae_case(arch: str, x: np.ndarray) -> Case:
         cfg.batch_size,
         cfg.lr,
         lambda seed: array_loader(x, batch_size=cfg.batch_size, shuffle=True, seed=seed),
-        lambda g: [(xt[i],) for i in _slices(len(x), cfg.batch_size, g)],
+        lambda g: _slices(len(x), cfg.batch_size, g),
+        lambda i: (xt[i],),
         cfg.batch_size,
     )
 
@@ -91,8 +94,7 @@ def da_case(x: np.ndarray, y: np.ndarray) -> Case:
     txs, tys, txt = (torch.from_numpy(a) for a in (xs, ys, xt_))
 
     def bare(g: torch.Generator) -> list:
-        s, t = _slices(half, b, g), _slices(len(xt_), b, g)
-        return [(txs[i], tys[i], txt[j]) for i, j in zip(s, t, strict=False)]
+        return list(zip(_slices(half, b, g), _slices(len(xt_), b, g), strict=False))
 
     return Case(
         "LeNet DANN step (da stage)",
@@ -101,6 +103,7 @@ def da_case(x: np.ndarray, y: np.ndarray) -> Case:
         cfg.lr,
         lambda seed: PairedLoader(xs, ys, xt_, batch_size=b, seed=seed),
         bare,
+        lambda ij: (txs[ij[0]], tys[ij[0]], txt[ij[1]]),
         2 * b,
     )
 
@@ -122,7 +125,8 @@ def timm_case(x: np.ndarray, y: np.ndarray) -> Case:
         b,
         params.finetune.lr,
         lambda seed: array_loader(x, y, batch_size=b, shuffle=True, seed=seed),
-        lambda g: [(tx[i], ty[i]) for i in _slices(len(x), b, g)],
+        lambda g: _slices(len(x), b, g),
+        lambda i: (tx[i], ty[i]),
         b,
     )
 
@@ -135,11 +139,12 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_bare(method, batches: list, lr: float) -> None:
+def run_bare(method, indices: list, take: Callable, lr: float) -> None:
     method.to(DEVICE).train()
     opt = torch.optim.Adam(method.parameters(), lr=lr)
-    for batch in batches:
-        loss = method.batch_losses(tuple(t.to(DEVICE, non_blocking=True) for t in batch))["loss"]
+    for idx in indices:
+        batch = tuple(t.to(DEVICE, non_blocking=True) for t in take(idx))
+        loss = method.batch_losses(batch)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -158,16 +163,16 @@ def run_trainer(method, loader, lr: float, epochs: int, progress: bool) -> None:
 
 def measure(case: Case, epochs: int, repeats: int, progress: bool) -> dict[str, list[float]]:
     """Images/s per arm and repeat; the arms alternate, each after an untimed warm-up."""
-    steps = len(case.bare_batches(torch.Generator().manual_seed(0)))
+    steps = len(case.bare_index(torch.Generator().manual_seed(0)))
     images = steps * case.images_per_step * epochs
     arms = {"bare": [], "trainer": []}
 
     def bare(seed: int) -> None:
         m = copy.deepcopy(case.method)
         g = torch.Generator().manual_seed(seed)
-        batches = [b for _ in range(epochs) for b in case.bare_batches(g)]
+        indices = [i for _ in range(epochs) for i in case.bare_index(g)]
         t0 = time.perf_counter()
-        run_bare(m, batches, case.lr)
+        run_bare(m, indices, case.take, case.lr)
         arms["bare"].append(images / (time.perf_counter() - t0))
 
     def trainer(seed: int) -> None:
@@ -177,7 +182,7 @@ def measure(case: Case, epochs: int, repeats: int, progress: bool) -> dict[str, 
         run_trainer(m, loader, case.lr, epochs, progress)
         arms["trainer"].append(images / (time.perf_counter() - t0))
 
-    run_bare(copy.deepcopy(case.method), case.bare_batches(torch.Generator()), case.lr)
+    run_bare(copy.deepcopy(case.method), case.bare_index(torch.Generator()), case.take, case.lr)
     run_trainer(copy.deepcopy(case.method), case.trainer_loader(0), case.lr, 1, progress)
     for r in range(repeats):
         for arm in (bare, trainer) if r % 2 == 0 else (trainer, bare):
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per arm and repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats per case")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per case")
     parser.add_argument("--images", type=int, default=4000, help="mnist training images used")
     parser.add_argument("--progress", action="store_true", help="the trainer's progress bar on")
     args = parser.parse_args(argv)
