@@ -14,11 +14,14 @@ import psutil
 import pytest
 
 STAGES = ["--stage", "ae", "--stage", "pretrain"]
+# smoke's pretrain units last about a second: long enough units that the poll below cannot miss
+# them on a fast machine (the CI of stop 22 saw the pipeline end before it saw one RUNNING)
+LONGER = ["--set", "pretrain.epochs=30"]
 
 
 def _start(project, prepared) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "adaptflow.cli", "run", "--no-progress", *STAGES]
-    cmd += ["--set", "profile=smoke", "--set", f"data.prepared_dir={prepared}"]
+    cmd += ["--set", "profile=smoke", *LONGER, "--set", f"data.prepared_dir={prepared}"]
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_API"))
     }
@@ -60,7 +63,10 @@ def _wait_for_training_in(client, stage: str, proc, timeout: float = 240.0) -> N
 
 
 def _stop_tree(proc: subprocess.Popen, sig: int) -> None:
-    tree = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
+    try:
+        tree = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
+    except psutil.NoSuchProcess:  # it ended (and was reaped) already
+        return
     os.kill(proc.pid, sig)
     try:
         proc.wait(120)
