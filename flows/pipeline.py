@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow
@@ -35,6 +38,46 @@ STAGE_FLOWS = {  # pipeline order
     "seq": seq_flow,
 }
 log = logging.getLogger(__name__)
+
+
+_starting = None  # the FileLock held from before the flow call until its body runs
+
+
+@contextlib.contextmanager
+def serialised_start(timeout: float = 300.0) -> Iterator[None]:
+    """Around the first flow call of a process: without a Prefect server (PREFECT_API_URL
+    unset) each process starts a temporary one on PREFECT_HOME's database, and two starting at
+    once both migrate it; one then fails ("Online migration expected to match one row"). The
+    lock is held until the flow's body runs (`_started`), i.e. while the server starts."""
+    global _starting
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "adaptflow-start.lock"
+    _starting = FileLock(path, timeout=timeout, thread_local=False)  # released in the flow
+    try:
+        _starting.acquire()
+    except Timeout:
+        _starting = None
+        raise RuntimeError(
+            f"waited {timeout:.0f} s for {path}: another adaptflow process is starting Prefect. "
+            "If none is running (`ps`), delete the file and run again"
+        ) from None
+    try:
+        yield
+    finally:
+        _started()
+
+
+def _started() -> None:
+    global _starting
+    if _starting is not None:
+        _starting.release()
+        _starting = None
 
 
 def metrics_path(root: str | Path, profile: str) -> Path:
@@ -70,6 +113,7 @@ def pipeline_flow(
     from adaptflow.tracking import runs
     from adaptflow.tracking.store import configure
 
+    _started()  # the Prefect server is up: another process may start its own (serialised_start)
     overrides = list(overrides or [])
     params = load_params(params_path, overrides)
     chosen = stages or list(STAGE_FLOWS)

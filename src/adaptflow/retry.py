@@ -11,8 +11,12 @@ the kinds above.
 
 from __future__ import annotations
 
+import functools
+import logging
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
 
 # MLflow's error codes of a server that may answer later (mlflow.protos.databricks_pb2 names;
 # not INTERNAL_ERROR: it is every MlflowException's default code, bugs included)
@@ -102,3 +106,40 @@ def retry_transient(task, task_run, state) -> bool:
     """Prefect's `retry_condition_fn`: retry the failed task run only on a transient error."""
     exc = state.result(raise_on_failure=False)
     return isinstance(exc, BaseException) and is_transient(exc)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+# per call: a busy store usually frees within seconds (MLflow's sqlite sessions already wait
+# up to 20 s each); these waits come on top of that, 0.5 + 1 + 2 + 4 s, before giving up
+CALL_ATTEMPTS = 5
+CALL_FIRST_DELAY = 0.5
+
+
+def per_call(fn: Callable[P, R]) -> Callable[P, R]:
+    """Retry one tracking/registry call on a transient error (`is_transient`: e.g. `database is
+    locked` when two pipelines share one sqlite store), so a busy moment costs a wait, not the
+    stage. Only for calls that are safe to repeat: a refused write was rolled back whole (MLflow
+    commits a session at its end), and what a partly done call wrote is rewritten the same."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(CALL_ATTEMPTS):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:
+                if attempt == CALL_ATTEMPTS - 1 or not is_transient(e):
+                    raise
+                delay = CALL_FIRST_DELAY * 2**attempt
+                logging.getLogger(__name__).warning(
+                    "%s: %s; retrying in %.1f s (%d/%d)",
+                    fn.__qualname__,
+                    str(e).splitlines()[0][:200],
+                    delay,
+                    attempt + 1,
+                    CALL_ATTEMPTS - 1,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper

@@ -4,43 +4,17 @@ every run, artifact, registered model version and prepared file reads back whole
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
-import psutil
 import pytest
+
+from tests.flows.pipeline_procs import client_of, read_everything_back, start, stop_tree
 
 STAGES = ["--stage", "ae", "--stage", "pretrain"]
 # smoke's pretrain units last about a second: long enough units that the poll below cannot miss
 # them on a fast machine (the CI of stop 22 saw the pipeline end before it saw one RUNNING)
 LONGER = ["--set", "pretrain.epochs=30"]
-
-
-def _start(project, prepared) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "adaptflow.cli", "run", "--no-progress", *STAGES]
-    cmd += ["--set", "profile=smoke", *LONGER, "--set", f"data.prepared_dir={prepared}"]
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_API"))
-    }
-    env["PREFECT_HOME"] = str(project / ".prefect")
-    return subprocess.Popen(
-        cmd,
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def _client(project):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
 
 
 def _wait_for_training_in(client, stage: str, proc, timeout: float = 240.0) -> None:
@@ -62,48 +36,6 @@ def _wait_for_training_in(client, stage: str, proc, timeout: float = 240.0) -> N
     pytest.fail(f"no {stage} unit started within {timeout:.0f} s")
 
 
-def _stop_tree(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        tree = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
-    except psutil.NoSuchProcess:  # it ended (and was reaped) already
-        return
-    os.kill(proc.pid, sig)
-    try:
-        proc.wait(120)
-    finally:
-        for pid in tree:  # what a SIGKILL orphans (Prefect's temporary server)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _read_everything_back(client, prepared) -> dict[str, int]:
-    import mlflow
-
-    from adaptflow.data.prepare import load_prepared
-
-    exps = [e.experiment_id for e in client.search_experiments()]
-    counted = {"runs": 0, "artifacts": 0, "versions": 0}
-    for r in client.search_runs(exps, max_results=10_000):
-        run = client.get_run(r.info.run_id)
-        assert run.info.status != "RUNNING", (run.info.run_name, run.data.tags)
-        stack = [None]
-        while stack:
-            for a in client.list_artifacts(r.info.run_id, stack.pop()):
-                stack.append(a.path) if a.is_dir else None
-                counted["artifacts"] += not a.is_dir
-        counted["runs"] += 1
-    for m in client.search_registered_models():
-        for v in client.search_model_versions(f"name = '{m.name}'"):
-            assert v.status == "READY", (m.name, v.version, v.status)
-            mlflow.pytorch.load_model(client.get_model_version_download_uri(m.name, v.version))
-            counted["versions"] += 1
-    for manifest in prepared.glob("*.json"):
-        load_prepared(prepared, manifest.stem, verify=True)  # digest checked
-    return counted
-
-
 # ~1 min each: in `make test-slow` (which CI runs too), outside the fast suite's 10 minutes;
 # the signal handling and the reaping are also unit-tested in tests/tracking/test_runs.py
 @pytest.mark.slow
@@ -111,14 +43,14 @@ def _read_everything_back(client, prepared) -> dict[str, int]:
 def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
     project, prepared_mnist, sig
 ):
-    client = _client(project)
-    first = _start(project, prepared_mnist)
+    client = client_of(project)
+    first = start(project, prepared_mnist, *STAGES, *LONGER)
     try:
         _wait_for_training_in(client, "pretrain", first)
     except BaseException:
-        _stop_tree(first, signal.SIGKILL)
+        stop_tree(first, signal.SIGKILL)
         raise
-    _stop_tree(first, sig)
+    stop_tree(first, sig)
     said = first.stdout.read()
     exps = [e.experiment_id for e in client.search_experiments()]
     killed = client.search_runs(exps, "attributes.status != 'FINISHED'")
@@ -134,7 +66,7 @@ def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
     names = {r.info.run_name for r in killed}
     assert {"pipeline-smoke", "pretrain"} <= names and "ae" not in names, names
 
-    second = _start(project, prepared_mnist)
+    second = start(project, prepared_mnist, *STAGES, *LONGER)
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out
     for r in killed:
@@ -151,5 +83,5 @@ def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
     assert stages["ae"].data.tags["adaptflow.cache_hit"] == "true"  # finished: reused
     assert stages["pretrain"].data.tags["adaptflow.cache_hit"] == "false"  # killed: redone
     assert stages["pretrain"].info.status == "FINISHED"
-    counted = _read_everything_back(client, prepared_mnist)
+    counted = read_everything_back(client, prepared_mnist)
     assert counted["runs"] > 10 and counted["artifacts"] > 10 and counted["versions"] >= 2

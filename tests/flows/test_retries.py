@@ -156,3 +156,45 @@ def test_a_deterministic_failure_is_not_retried(stage_project, monkeypatch, erro
     with pytest.raises(type(error)):
         run_ae(["retries.count=3", "retries.delay_seconds=0"])
     assert len(calls) == 1
+
+
+def _flaky(errors: list[BaseException]):
+    calls = []
+
+    def call(x):
+        calls.append(x)
+        if errors:
+            raise errors.pop(0)
+        return x * 2
+
+    return call, calls
+
+
+def test_one_call_is_retried_on_a_locked_store_and_waits_longer_each_time(monkeypatch):
+    """Two pipelines on one sqlite store: `database is locked` costs a wait, not the stage."""
+    from adaptflow import retry
+
+    waits = []
+    monkeypatch.setattr(retry.time, "sleep", waits.append)
+    locked = MlflowException(
+        "(sqlite3.OperationalError) database is locked", TEMPORARILY_UNAVAILABLE
+    )
+    call, calls = _flaky(
+        [db_error("database is locked"), raised_from(locked, db_error("database is locked"))]
+    )
+    assert retry.per_call(call)(21) == 42
+    assert calls == [21, 21, 21] and waits == [0.5, 1.0]
+
+
+def test_one_call_gives_up_after_its_attempts_and_never_retries_a_real_error(monkeypatch):
+    from adaptflow import retry
+
+    monkeypatch.setattr(retry.time, "sleep", lambda s: None)
+    call, calls = _flaky([db_error("database is locked")] * 10)
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="locked"):
+        retry.per_call(call)(1)
+    assert len(calls) == retry.CALL_ATTEMPTS
+    call, calls = _flaky([db_error("no such table: runs")])
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="no such table"):
+        retry.per_call(call)(1)
+    assert len(calls) == 1

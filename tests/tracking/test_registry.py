@@ -220,3 +220,52 @@ def test_without_an_alias_a_new_version_must_beat_the_best_comparable_gated_one(
 def test_is_missing_only_for_not_found_codes():
     assert models.is_missing(MlflowException("x", RESOURCE_DOES_NOT_EXIST))
     assert not models.is_missing(MlflowException("x", PERMISSION_DENIED))
+
+
+def test_a_version_decided_before_the_alias_moved_elsewhere_is_decided_again(project, monkeypatch):
+    """Between a version's decision and its alias step another process (a tracking server's
+    clients share no lock) moves the alias to a better version: this one must not take it."""
+    from adaptflow.stages import base
+
+    toy_stage(monkeypatch, [0.10, 0.05])
+    params = load_params("params.yaml")
+    exp = configure(".", params.experiment)
+    execute("ae", params, context(project, exp))  # v1 champion at 0.10
+    real = base._register
+
+    def then_another_process_wins(spec, params, outcome, label, metric, uri, *rest):
+        got = real(spec, params, outcome, label, metric, uri, *rest)  # v2: 0.05 beats v1
+        other = models.register_gated(uri, NAME, METRIC, 0.01, False, 0.0, CONTEXT)  # v3
+        models.set_champion(NAME, other.version)
+        return got
+
+    monkeypatch.setattr(base, "_register", then_another_process_wins)
+    out = execute("ae", params, context(project, exp, force=True))
+    assert (out.model_version, out.model_decision) == ("2", CHALLENGER)
+    assert out.model_decision_reason.startswith("re-decided: the alias moved")
+    tags = versions(MlflowClient())
+    assert tags["2"]["gate.decision"] == CHALLENGER and tags["2"]["gate.champion_version"] == "3"
+    assert str(MlflowClient().get_model_version_by_alias(NAME, CHAMPION).version) == "3"
+    run_tags = MlflowClient().get_run(out.run_id).data.tags
+    assert run_tags["adaptflow.model_decision"] == CHALLENGER
+
+
+def test_a_version_still_winning_after_the_alias_moved_keeps_its_decision(project, monkeypatch):
+    from adaptflow.stages import base
+
+    toy_stage(monkeypatch, [0.10, 0.01])
+    params = load_params("params.yaml")
+    exp = configure(".", params.experiment)
+    execute("ae", params, context(project, exp))
+    real = base._register
+
+    def then_another_process_moves_it(spec, params, outcome, label, metric, uri, *rest):
+        got = real(spec, params, outcome, label, metric, uri, *rest)
+        other = models.register_gated(uri, NAME, METRIC, 0.05, False, 0.0, CONTEXT)  # v3
+        models.set_champion(NAME, other.version)
+        return got
+
+    monkeypatch.setattr(base, "_register", then_another_process_moves_it)
+    out = execute("ae", params, context(project, exp, force=True))
+    assert (out.model_version, out.model_decision) == ("2", CHAMPION)
+    assert str(MlflowClient().get_model_version_by_alias(NAME, CHAMPION).version) == "2"

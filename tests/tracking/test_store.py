@@ -105,3 +105,54 @@ def test_a_tracking_server_that_does_not_answer_fails_in_seconds_without_its_pas
         assert "s3cret" not in str(e.value) and f"***@127.0.0.1:{port}" in str(e.value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     check_server()  # the local store: nothing to check
+
+
+def test_the_store_lock_is_held_across_processes_and_a_stuck_one_is_named(project, monkeypatch):
+    """Two pipelines on one local store: the second waits for the first's gate; a lock never
+    released ends in an error naming the file and what to do."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from adaptflow.tracking import store
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import sys, time
+                from adaptflow.tracking.store import store_lock
+                with store_lock("gate-adaptflow-ae"):
+                    print("held", flush=True)
+                    sys.stdin.readline()
+                """
+            ),
+        ],
+        cwd=project,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(store, "LOCK_TIMEOUT", 0.5)
+        with pytest.raises(store.StoreError, match=r"gate-adaptflow-ae\.lock.*delete the file"):
+            with store.store_lock("gate-adaptflow-ae"):
+                pass
+        with store.store_lock("gate-adaptflow-other") as locked:  # other names are free
+            assert locked
+    finally:
+        holder.communicate("\n", timeout=30)
+    with store.store_lock("gate-adaptflow-ae") as locked:  # released with its holder
+        assert locked
+
+
+def test_a_tracking_server_has_no_store_lock(project, monkeypatch):
+    from adaptflow.tracking import store
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with store.store_lock("gate-x") as locked:
+        assert locked is False
+    assert not (project / "mlruns").exists()

@@ -446,16 +446,7 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
     labelled models registers each as a version of the same name, gated on `metric_for(label)`
     against the version holding `champion-<label>`; the aliases are set last, together.
     """
-    from adaptflow.tracking import runs
-    from adaptflow.tracking.models import (
-        CHAMPION,
-        NOT_REGISTERED,
-        abort_version,
-        alias_for,
-        champion,
-        restore_alias,
-        set_champion,
-    )
+    from adaptflow.tracking.store import store_lock
 
     if not outcome.model_uri and not outcome.models:
         return
@@ -472,7 +463,26 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
         (label, m.uri, m.gate_context, {spec.label_kind: label, **m.tags})
         for label, m in outcome.models.items()
     ]
-    registered: list[tuple[str, str, str]] = []  # (label, version, decision)
+    # two pipelines on one local store gate one model at a time: read the champion, decide,
+    # register, move the alias (a tracking server: re-checked before the alias moves)
+    with store_lock(f"gate-{outcome.model_name}"):
+        _gate_locked(spec, params, outcome, candidates, bad)
+
+
+def _gate_locked(spec: StageSpec, params: Params, outcome: StageOutcome, candidates, bad) -> None:
+    from adaptflow.tracking import runs
+    from adaptflow.tracking.models import (
+        CHAMPION,
+        NOT_REGISTERED,
+        abort_version,
+        alias_for,
+        champion,
+        recheck,
+        restore_alias,
+        set_champion,
+    )
+
+    registered: list[tuple[str, str, str, str | None]] = []  # (label, version, decision, holder)
     moved: list[tuple[str, str | None]] = []  # (alias, the version that held it before)
     try:
         for label, uri, context, version_tags in candidates:
@@ -483,10 +493,10 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
                 decision, reason = NOT_REGISTERED, f"non-finite or missing metrics {why}"
                 log.warning("stage %s: %s, model %r not registered", spec.name, reason, label)
             else:
-                version, decision, reason = _register(
+                version, decision, reason, holder = _register(
                     spec, params, outcome, label, metric, uri, context, version_tags
                 )
-                registered.append((label, version, decision))
+                registered.append((label, version, decision, holder))
                 log.info(
                     "stage %s: %s v%s (%s) is %s: %s",
                     spec.name,
@@ -497,15 +507,21 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
                     reason,
                 )
             if label:
-                m = outcome.models[label]
-                m.version, m.decision, m.reason = version, decision, reason
+                outcome.models[label].version = version
             else:
                 outcome.model_version = version
-                outcome.model_decision, outcome.model_decision_reason = decision, reason
-                runs.set_model_tags(outcome.model_name, version, decision, reason)
+            _set_decision(outcome, runs, label, decision, reason)
+        for i, (label, version, decision, holder) in enumerate(registered):
+            if decision != CHAMPION:
+                continue
+            held = champion(outcome.model_name, alias=alias_for(label))
+            if (None if held is None else str(held.version)) != holder:  # moved meanwhile
+                gate = recheck(outcome.model_name, version, held)
+                registered[i] = (label, version, gate.decision, holder)
+                _set_decision(outcome, runs, label, gate.decision, gate.reason)
         if outcome.models:
             runs.set_labelled_models(outcome.model_name, outcome.models)
-        for label, version, decision in registered:  # the aliases last
+        for label, version, decision, _ in registered:  # the aliases last
             if decision == CHAMPION:
                 alias = alias_for(label)
                 held = champion(outcome.model_name, alias=alias)
@@ -517,9 +533,20 @@ def _gate(spec: StageSpec, params: Params, outcome: StageOutcome) -> None:
         # moved to one of them goes back to the version that held it
         for alias, previous in moved:
             restore_alias(outcome.model_name, alias, previous)
-        for _, version, _ in registered:
+        for _, version, _, _ in registered:
             abort_version(outcome.model_name, version, f"{type(e).__name__}: {e}")
         raise
+
+
+def _set_decision(outcome: StageOutcome, runs, label: str, decision: str, reason: str) -> None:
+    """The gate's decision for the model `label` ("" = the stage model) on the outcome (and on
+    the stage run's tags for the stage model)."""
+    if label:
+        m = outcome.models[label]
+        m.decision, m.reason = decision, reason
+    else:
+        outcome.model_decision, outcome.model_decision_reason = decision, reason
+        runs.set_model_tags(outcome.model_name, outcome.model_version, decision, reason)
 
 
 def _bad_metrics(outcome: StageOutcome, keys: list[str]) -> dict[str, Any]:
@@ -547,4 +574,4 @@ def _register(
         alias=alias_for(label),
         labels=version_tags,
     )
-    return reg.version, reg.decision, reg.reason
+    return reg.version, reg.decision, reg.reason, reg.alias_holder

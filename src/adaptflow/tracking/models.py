@@ -26,6 +26,8 @@ from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import NOT_FOUND, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from adaptflow.retry import per_call
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 NOT_REGISTERED = "not registered"
@@ -67,11 +69,12 @@ def log_torch_model(model: torch.nn.Module, x_example: np.ndarray) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "state_dict.pt"
         torch.save(model.state_dict(), path)
-        mlflow.log_artifact(str(path), "checkpoint")
-    mlflow.set_tag("adaptflow.model_uri", info.model_uri)
+        per_call(mlflow.log_artifact)(str(path), "checkpoint")
+    per_call(mlflow.set_tag)("adaptflow.model_uri", info.model_uri)
     return info.model_uri
 
 
+@per_call  # a retry after a refused write may leave a second, unused logged model: harmless
 def _log(model, x_example, y_example):
     import adaptflow
 
@@ -208,6 +211,7 @@ class Registration:
     version: str
     decision: str
     reason: str
+    alias_holder: str | None = None  # the version that held the alias when the gate decided
 
 
 def register_gated(
@@ -235,6 +239,7 @@ def register_gated(
         raise ValueError(f"gate context lacks {missing}: the version could never be compared")
     client = MlflowClient()
     current = champion(name, client, alias)
+    holder = None if current is None else str(current.version)
     via = ""
     if current is None:  # no alias (yet, or removed): the best comparable gated version rules
         current = best_gated(name, metric, higher_is_better, context, client)
@@ -248,7 +253,7 @@ def register_gated(
         context,
         None if current is None else (str(current.version), current.tags),
     )
-    mv = mlflow.register_model(model_uri, name, await_registration_for=0)
+    mv = per_call(mlflow.register_model)(model_uri, name, await_registration_for=0)
     version = str(mv.version)
     tags = {
         "gate.metric": metric,
@@ -264,15 +269,47 @@ def register_gated(
     }
     tags["gate.decision"] = gate.decision  # a version without it holds no decision
     for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, v)
-    return Registration(version, gate.decision, tags["gate.reason"])
+        per_call(client.set_model_version_tag)(name, version, k, v)
+    return Registration(version, gate.decision, tags["gate.reason"], holder)
+
+
+def recheck(name: str, version: str, holder, client: MlflowClient | None = None) -> GateDecision:
+    """Decide again for `version`, now against `holder` (the ModelVersion holding the alias
+    now, or None), from the gate tags `register_gated` wrote. For the moment before the alias
+    moves: another process may have moved it since this version was decided (a tracking server's
+    clients share no lock); a version that no longer wins is tagged a challenger, and why."""
+    client = client or MlflowClient()
+    tags = client.get_model_version(name, version).tags
+    context = {k: tags[f"gate.{k}"] for k in (*CONTEXT_KEYS, MODEL_KEY) if f"gate.{k}" in tags}
+    gate = decide(
+        tags["gate.metric"],
+        float(tags["gate.value"]),
+        tags["gate.direction"] == "higher",
+        float(tags["gate.margin"]),
+        context,
+        None if holder is None else (str(holder.version), holder.tags),
+    )
+    if gate.decision != tags["gate.decision"]:
+        reason = f"re-decided: the alias moved while this version was gated; {gate.reason}"
+        update = {
+            "gate.champion_version": gate.champion_version or "none",
+            "gate.champion_value": "none"
+            if gate.champion_value is None
+            else repr(gate.champion_value),
+            "gate.reason": reason,
+            "gate.decision": gate.decision,  # last, as in register_gated
+        }
+        for k, v in update.items():
+            per_call(client.set_model_version_tag)(name, version, k, v)
+        return GateDecision(gate.decision, reason, gate.champion_version, gate.champion_value)
+    return gate
 
 
 def set_champion(
     name: str, version: str, client: MlflowClient | None = None, alias: str = CHAMPION
 ) -> None:
     """Move the `champion` alias (or `alias`) to `version` (the caller's last step)."""
-    (client or MlflowClient()).set_registered_model_alias(name, alias, version)
+    per_call((client or MlflowClient()).set_registered_model_alias)(name, alias, version)
 
 
 def restore_alias(name: str, alias: str, version: str | None) -> None:

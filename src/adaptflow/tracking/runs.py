@@ -23,6 +23,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from adaptflow import interrupt
+from adaptflow.retry import per_call
 
 # Curves (metrics with a step) are written in batches, at most every FLUSH_SECONDS per run and
 # always when the run ends: one sqlite transaction per epoch cost ~20 ms, a minute over the
@@ -110,7 +111,7 @@ def run(
     if experiment_id is None and current is not None:
         experiment_id = current.info.experiment_id
     interrupt.check()  # no new run once the process was asked to stop
-    active = mlflow.start_run(
+    active = per_call(mlflow.start_run)(
         run_name=name,
         nested=parent_run_id is not None or mlflow.active_run() is not None,
         parent_run_id=parent_run_id,
@@ -129,21 +130,34 @@ def run(
         # a stop (a signal: ours, Prefect's TerminationSignal, Ctrl-C) is not a failure
         stopped = interrupt.STOP.is_set() or not isinstance(e, Exception)
         error = interrupt.describe(e) if stopped else f"{type(e).__name__}: {e}"
-        mlflow.set_tags(
+        set_tags(
             {
                 "adaptflow.error": error[:5000],
                 "adaptflow.traceback": traceback.format_exc()[-5000:],
             }
         )
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if stopped else RunStatus.FAILED))
+        _end(active.info.run_id, RunStatus.KILLED if stopped else RunStatus.FAILED)
         raise
     else:
         flush_metrics(active.info.run_id)
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        _end(active.info.run_id, RunStatus.FINISHED)
     finally:
         _flushed_at.pop(active.info.run_id, None)  # an ended run keeps no state here
         with _lock:
             _open.discard(active.info.run_id)
+
+
+def _end(run_id: str, status: int) -> None:
+    """End the active run `run_id` with `status`: the status is written with retries first
+    (mlflow.end_run pops the run before writing, so it cannot be retried itself)."""
+    per_call(MlflowClient().set_terminated)(run_id, RunStatus.to_string(status))
+    try:
+        mlflow.end_run(RunStatus.to_string(status))  # pops the run (and writes the same again)
+    except Exception as e:
+        from adaptflow.retry import is_transient
+
+        if not is_transient(e):
+            raise
 
 
 # ---------------------------------------------------------------- stopped processes
@@ -246,6 +260,7 @@ def compare_tags(name: str, tags: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+@per_call
 def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
     flat = {k: ("null" if v is None else v) for k, v in flatten(params, prefix).items()}
     items = list(flat.items())
@@ -258,7 +273,7 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     values = {k: float(v) for k, v in metrics.items()}
     active = mlflow.active_run()
     if step is None or active is None:
-        mlflow.log_metrics(values, step=step)
+        per_call(mlflow.log_metrics)(values, step=step)
         return
     run_id = active.info.run_id
     now_ms = int(time.time() * 1000)
@@ -269,6 +284,7 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
         flush_metrics(run_id)
 
 
+@per_call
 def flush_metrics(run_id: str | None = None) -> None:
     """Write the batched curve values of `run_id` (of every run when None)."""
     for rid in list(_pending) if run_id is None else [run_id]:
@@ -280,6 +296,7 @@ def flush_metrics(run_id: str | None = None) -> None:
         _flushed_at[rid] = time.monotonic()
 
 
+@per_call
 def log_dataset(
     name: str, path: Path, digest: str, x: np.ndarray, y: np.ndarray, context: str
 ) -> None:
@@ -293,6 +310,7 @@ def log_dataset(
     mlflow.log_input(ds, context=context)
 
 
+@per_call
 def set_tags(tags: Mapping[str, str]) -> None:
     mlflow.set_tags(dict(tags))
 
@@ -300,15 +318,19 @@ def set_tags(tags: Mapping[str, str]) -> None:
 def log_figure(fig, path: str) -> None:
     import matplotlib.pyplot as plt
 
-    mlflow.log_figure(fig, path)
-    plt.close(fig)
+    try:
+        per_call(mlflow.log_figure)(fig, path)
+    finally:
+        plt.close(fig)
 
 
+@per_call
 def log_image_step(image: np.ndarray, key: str, step: int) -> None:
     """One image of a series (the MLflow UI shows it with a step slider), (H, W) in [0, 1]."""
     mlflow.log_image(np.clip(image, 0, 1).astype(np.float32), key=key, step=step)
 
 
+@per_call
 def log_gif(frames: list[np.ndarray], path: str, ms_per_frame: int = 400) -> None:
     """Grayscale frames (H, W) in [0, 1] as an animated GIF artifact at `path`."""
     import tempfile
@@ -322,6 +344,7 @@ def log_gif(frames: list[np.ndarray], path: str, ms_per_frame: int = 400) -> Non
         mlflow.log_artifact(str(file), str(Path(path).parent))
 
 
+@per_call
 def log_text(text: str, path: str) -> None:
     mlflow.log_text(text, path)
 
@@ -330,6 +353,7 @@ def active_run_id() -> str:
     return mlflow.active_run().info.run_id
 
 
+@per_call
 def log_arrays(arrays: Mapping[str, np.ndarray], path: str, run_id: str | None = None) -> None:
     """Arrays as one compressed .npz artifact at `path` (e.g. features/resnet/mnist.npz) of the
     active run, or of `run_id` (e.g. the stage run, from inside one of its nested runs)."""
@@ -350,11 +374,13 @@ def load_arrays(run_id: str, path: str) -> dict[str, np.ndarray] | None:
         return {k: z[k] for k in z.files}
 
 
+@per_call
 def log_text_to(run_id: str, text: str, path: str) -> None:
     """Text artifact on another run (e.g. the pipeline parent) without switching the active run."""
     MlflowClient().log_text(run_id, text, path)
 
 
+@per_call
 def set_model_tags(name: str, version: str | None, decision: str, reason: str) -> None:
     """On the stage run, so a cache hit can report the model and the gate's decision."""
     tags = {"adaptflow.model_name": name, TAG_DECISION: decision, TAG_REASON: reason[:5000]}
@@ -363,12 +389,14 @@ def set_model_tags(name: str, version: str | None, decision: str, reason: str) -
     mlflow.set_tags(tags)
 
 
+@per_call
 def set_labelled_models(name: str, models: Mapping[str, Any]) -> None:
     """A stage's per-label models (e.g. one per backbone) and their gate decisions, as one tag."""
     body = {k: {**m.__dict__, "reason": (m.reason or "")[:1000]} for k, m in models.items()}
     mlflow.set_tags({"adaptflow.model_name": name, TAG_MODELS: json.dumps(body, sort_keys=True)})
 
 
+@per_call
 def record_artifacts() -> None:
     """Write the active run's artifact list (MANIFEST) so a cache hit can check nothing is gone."""
     client = MlflowClient()

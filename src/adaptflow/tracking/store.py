@@ -14,14 +14,23 @@ root first (`mlflow.pyfunc.load_model("models:/adaptflow-ae/1")` then resolves i
 run `mlflow server --backend-store-uri sqlite:///mlruns/mlflow.db` from the root and point
 MLFLOW_TRACKING_URI at it.
 
+Two pipelines may share one local store at once (sqlite; MLflow waits up to 20 s on a busy
+database, adaptflow.retry retries a call still refused). What must not interleave between them is
+serialised by `store_lock`, a file lock beside the database: creating the store and an experiment,
+and a registry gate's read-decide-alias sequence (tracking.models). A tracking server has no such
+lock (its clients may be on other machines): there the gate re-checks the champion before moving
+the alias.
+
 Nothing here runs at import time; `configure()` is called by the flows/CLI at the start of a run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -34,6 +43,32 @@ _OWN_URI: str | None = None  # the default URI we set (mlflow copies it into MLF
 
 class StoreError(RuntimeError):
     """The local store cannot be used as asked (e.g. relative artifact links from another cwd)."""
+
+
+LOCK_TIMEOUT = 600.0  # seconds; a gate or a store creation takes well under one
+
+
+@contextlib.contextmanager
+def store_lock(name: str, root: Path | str | None = None) -> Iterator[bool]:
+    """Hold the cross-process lock `name` of the local store (mlruns/.locks/<name>.lock); yields
+    True. With a tracking server (MLFLOW_TRACKING_URI) there is no shared folder: yields False
+    and locks nothing. `root`: the project root, else the root of the store in use (the cwd)."""
+    from filelock import FileLock, Timeout
+
+    if user_uri() is not None:
+        yield False
+        return
+    folder = Path(root or ".").resolve() / "mlruns" / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
+    try:
+        with FileLock(path, timeout=LOCK_TIMEOUT):
+            yield True
+    except Timeout:
+        raise StoreError(
+            f"waited {LOCK_TIMEOUT:.0f} s for {path}: another adaptflow process holds it. If none "
+            "is running (`ps`), delete the file and run again"
+        ) from None
 
 
 def user_uri() -> str | None:
@@ -88,14 +123,17 @@ def configure(root: Path | str = ".", experiment: str = "adaptflow") -> str:
         uri = _local_db(root)  # refuses another cwd before anything is created
         (root / "mlruns").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    # a server (user URI) picks its own artifact root; the local store gets relative ones
-    exp_id = client.create_experiment(experiment) if exp is None else exp.experiment_id
-    if own:
-        _portable_locations(
-            root / "mlruns" / "mlflow.db", root, created=exp_id if exp is None else None
-        )
+    # another pipeline starting at the same time must not create the tables or the experiment
+    # twice (the second would fail on "already exists")
+    with store_lock("store", root if own else None):
+        client = MlflowClient()
+        exp = client.get_experiment_by_name(experiment)
+        # a server (user URI) picks its own artifact root; the local store gets relative ones
+        exp_id = client.create_experiment(experiment) if exp is None else exp.experiment_id
+        if own:
+            _portable_locations(
+                root / "mlruns" / "mlflow.db", root, created=exp_id if exp is None else None
+            )
     mlflow.set_experiment(experiment_id=exp_id)  # nested method runs land in the same experiment
     return exp_id
 
@@ -153,7 +191,7 @@ def _portable_locations(db: Path, root: Path, created: str | None = None) -> Non
     """Store "mlruns/artifacts/<id>" as the location of experiments MLflow made absolute (see the
     module docstring). Runs made before keep their own links; new runs get relative ones.
     `experiments.artifact_location` is MLflow's own column."""
-    with sqlite3.connect(db) as con:
+    with sqlite3.connect(db, timeout=30) as con:  # another pipeline may be writing
         rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
         for exp_id, location in rows:
             if str(exp_id) == created or made_here(location, root):

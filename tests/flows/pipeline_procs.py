@@ -1,0 +1,81 @@
+"""Pipelines as separate processes (`adaptflow run`), for the kill and concurrency tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+
+
+def start(project, prepared, *args: str) -> subprocess.Popen:
+    """`adaptflow run --set profile=smoke <args>` on `prepared` data in `project`, started now."""
+    cmd = [sys.executable, "-m", "adaptflow.cli", "run", "--no-progress", "--set", "profile=smoke"]
+    cmd += [*args, "--set", f"data.prepared_dir={prepared}"]
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_API"))
+    }
+    env["PREFECT_HOME"] = str(project / ".prefect")
+    return subprocess.Popen(
+        cmd,
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def client_of(project):
+    """A client of `project`'s local store (it need not exist yet)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+
+
+def stop_tree(proc: subprocess.Popen, sig: int) -> None:
+    """Send `sig` to the pipeline, wait for it, then SIGKILL whatever of its tree is left."""
+    try:
+        tree = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
+    except psutil.NoSuchProcess:  # it ended (and was reaped) already
+        return
+    os.kill(proc.pid, sig)
+    try:
+        proc.wait(120)
+    finally:
+        for pid in tree:  # what a SIGKILL orphans (Prefect's temporary server)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def read_everything_back(client, prepared) -> dict[str, int]:
+    """Read every run, artifact listing, registered version (loaded) and prepared file (digest
+    checked) back; nothing may be left RUNNING or not READY. Returns the counts."""
+    import mlflow
+
+    from adaptflow.data.prepare import load_prepared
+
+    exps = [e.experiment_id for e in client.search_experiments()]
+    counted = {"runs": 0, "artifacts": 0, "versions": 0}
+    for r in client.search_runs(exps, max_results=10_000):
+        run = client.get_run(r.info.run_id)
+        assert run.info.status != "RUNNING", (run.info.run_name, run.data.tags)
+        stack = [None]
+        while stack:
+            for a in client.list_artifacts(r.info.run_id, stack.pop()):
+                stack.append(a.path) if a.is_dir else None
+                counted["artifacts"] += not a.is_dir
+        counted["runs"] += 1
+    for m in client.search_registered_models():
+        for v in client.search_model_versions(f"name = '{m.name}'"):
+            assert v.status == "READY", (m.name, v.version, v.status)
+            mlflow.pytorch.load_model(client.get_model_version_download_uri(m.name, v.version))
+            counted["versions"] += 1
+    for manifest in prepared.glob("*.json"):
+        load_prepared(prepared, manifest.stem, verify=True)  # digest checked
+    return counted
