@@ -1,27 +1,61 @@
-"""DataLoaders over in-memory arrays that index whole batches at once (no per-item collate)."""
+"""Loaders over in-memory arrays that index whole batches at once (no per-item collate)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    RandomSampler,
-    SequentialSampler,
-    TensorDataset,
-)
 
 
-def array_loader(*arrays: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+class ArrayLoader:
+    """Batches of in-memory arrays as tensors, each gathered with one tensor index per array.
+
+    The batches, their order and every random draw are those of the DataLoader recipe it replaces
+    (`DataLoader(TensorDataset(...), batch_size=None, sampler=BatchSampler(RandomSampler(ds,
+    generator=g) | SequentialSampler(ds), batch_size, drop_last=False))`; tests/training/
+    test_loaders.py compares them), without that recipe's per-batch Python work (a list of ints
+    per batch, the fetcher): ~0.5 ms a step, 8 % of a small MLP's step on 2 CPU cores
+    (`make bench-trainer`). Like RandomSampler, a shuffled pass draws `torch.randperm(n, g)` for
+    its order and, once run to its end, one more (unused); like DataLoader, each pass draws one
+    value from the global torch RNG (its worker base seed). So results stay bit-identical."""
+
+    def __init__(self, *arrays: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+        lengths = {len(t) for t in self.tensors}
+        if len(lengths) != 1:
+            raise ValueError(f"array_loader: arrays of different lengths {sorted(lengths)}")
+        if batch_size < 1:
+            raise ValueError(f"array_loader: batch_size must be >= 1, got {batch_size}")
+        self.n, self.batch_size = lengths.pop(), batch_size
+        self.generator = torch.Generator().manual_seed(seed) if shuffle else None
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        torch.empty((), dtype=torch.int64).random_()  # DataLoader's base seed, drawn at iter()
+        return self._sequential() if self.generator is None else self._shuffled()
+
+    def _sequential(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for i in range(0, self.n, self.batch_size):  # a copy, as indexing gives
+            yield tuple(t[i : i + self.batch_size].clone() for t in self.tensors)
+
+    def _shuffled(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        g, n, size = self.generator, self.n, self.batch_size
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n, size):
+            if i + size > n:  # RandomSampler runs out (its trailing draw) before this last,
+                torch.randperm(n, generator=g)  # partial batch is yielded
+            idx = order[i : i + size]
+            yield tuple(t[idx] for t in self.tensors)
+        if n % size == 0:  # ... or, when the batches are all full, when one more is asked for
+            torch.randperm(n, generator=g)
+
+
+def array_loader(*arrays: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0) -> ArrayLoader:
     """Batches of the given arrays (same first dimension) as tensors, shuffled by a seeded RNG."""
-    ds = TensorDataset(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
-    g = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(ds, generator=g) if shuffle else SequentialSampler(ds)
-    # batch_size=None + a BatchSampler: the dataset is indexed with a list of indices per batch
-    return DataLoader(
-        ds, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=False)
-    )
+    return ArrayLoader(*arrays, batch_size=batch_size, shuffle=shuffle, seed=seed)
 
 
 class _Endless:

@@ -1,0 +1,470 @@
+"""Benchmark: what orchestration costs. `adaptflow run` (Prefect + MLflow + registry) vs the
+same stage functions called in a plain Python loop, the cache's warm ÷ cold run, peak memory,
+and how wall time scales with data size and with the number of sweep runs.
+
+    make bench-pipeline                          # smoke and default profiles + scaling, ~35 min
+    python -m bench.pipeline_overhead --profile smoke --no-scaling     # ~4 min
+
+Everything runs in a scratch project (a temporary folder: its own MLflow store and Prefect
+home, the prepared data read from this checkout), each measurement in a fresh process, one
+after another (never two at once on the 2 cores):
+
+- pipeline: `adaptflow run --force` in a child process, cold (a new store). The child times,
+  outermost first: importing adaptflow's CLI and flows; Prefect's start (the flow call until
+  its body runs: the temporary server); every MlflowClient call (the tracking: runs, params,
+  metrics, tags, artifacts, the registry; mlflow's fluent API goes through it); model logging
+  (`log_torch_model`: the pickled model, its signature and code); plots (figures rendered and
+  logged). The rest is the stages' compute plus Prefect's flow/task bookkeeping.
+- plain loop: the same stages' `execute()` in turn in a child process, no Prefect (the stages'
+  sweep units run directly), with the same timers. Its "bare" time is its wall minus tracking,
+  model logging and plots, plus the imports a bare script needs (torch, timm, scikit-learn):
+  what the same computation costs without Prefect and MLflow.
+- ratio = pipeline process wall ÷ bare (goal ≤ 1.10 on the default profile).
+- cache: the same `adaptflow run` again (no --force) ÷ the cold run (goal ≤ 0.05).
+- memory: peak RSS of the pipeline process (and of its largest child, Prefect's server).
+- scaling (smoke sizes, stage `pretrain`): wall vs training-set size 1×/2×/4× and vs the
+  number of sweep runs (seeds) 1/4/16, pipeline and plain loop; the per-run overhead is the
+  slope of (pipeline − bare) over runs (goal < 1 s). A plot goes to bench/results/scaling.png.
+
+The tables go to stdout and to bench/results/pipeline.md (with the date and commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+RATIO_GOAL, CACHE_GOAL, PER_RUN_GOAL, RSS_GOAL_GIB = 1.10, 0.05, 1.0, 4.0
+PARTS = ("imports", "prefect start", "tracking", "model logging", "plots", "rest")
+BARE_IMPORTS = "import numpy, torch, timm, sklearn.linear_model, sklearn.decomposition"
+SCALE_DATA = (1, 2, 4)
+SCALE_RUNS = (1, 4, 16)
+SCALE_BASE = 600  # smoke's pretrain.max_train
+# the scratch store is thrown away, but its runs and versions still carry the bench's names
+BENCH_NAMES = ["experiment=adaptflow-bench", "registry_prefix=adaptflow-bench"]
+
+
+# ---------------------------------------------------------------- in the child process
+class Timers:
+    """Seconds per category; a call inside a timed call counts once, for the outermost."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._depth = threading.local()
+
+    def wrap(self, owner, attr: str, category: str) -> None:
+        fn = getattr(owner, attr)
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            depth = getattr(self._depth, "n", 0)
+            if depth:
+                return fn(*args, **kwargs)
+            self._depth.n = 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[category] += time.perf_counter() - t0
+                self._depth.n = 0
+
+        setattr(owner, attr, timed)
+
+
+def _install(timers: Timers) -> None:
+    import matplotlib.figure
+    from mlflow.tracking import MlflowClient
+
+    from adaptflow.tracking import models, runs
+
+    timers.wrap(models, "log_torch_model", "model logging")
+    for name in ("log_figure", "log_gif", "log_image_step"):
+        timers.wrap(runs, name, "plots")
+    timers.wrap(matplotlib.figure.Figure, "savefig", "plots")
+    for name in dir(MlflowClient):
+        if not name.startswith("_") and callable(getattr(MlflowClient, name)):
+            timers.wrap(MlflowClient, name, "tracking")
+
+
+def _peak_rss_gib() -> dict[str, float]:
+    kib = 1024**2  # ru_maxrss is in KiB on Linux
+    return {
+        "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
+        "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib,
+    }
+
+
+def child_pipeline(args: list[str]) -> dict:
+    t0 = time.perf_counter()
+    from adaptflow import cli
+    from flows import pipeline
+
+    imported = time.perf_counter()
+    timers = Timers()
+    _install(timers)
+    started: list[float] = []
+    real_started = pipeline._started
+
+    def _started() -> None:
+        started.append(time.perf_counter())
+        real_started()
+
+    pipeline._started = _started
+    called = time.perf_counter()
+    code = cli.app(["run", "--no-progress", *args], standalone_mode=False)
+    if code:  # typer.Exit(n) comes back as n outside standalone mode
+        raise SystemExit(code)
+    end = time.perf_counter()
+    return {
+        "imports": imported - t0,
+        "prefect start": (started[0] - called) if started else 0.0,
+        "in_process": end - t0,
+        **timers.seconds,
+        "rss": _peak_rss_gib(),
+    }
+
+
+def child_loop(overrides: list[str], stages: list[str]) -> dict:
+    """The stages' execute() in turn, as the pipeline orders and feeds them, no Prefect."""
+    t0 = time.perf_counter()
+    from flows.pipeline import STAGE_FLOWS, upstream_ref
+
+    from adaptflow.config import load_params
+    from adaptflow.env import configure_env
+    from adaptflow.stages import StageContext, execute
+    from adaptflow.tracking.store import configure
+    from adaptflow.training import resolve_device
+
+    configure_env(".")
+    imported = time.perf_counter()
+    timers = Timers()
+    _install(timers)
+    params = load_params("params.yaml", overrides)
+    exp = configure(".", params.experiment)
+    device = resolve_device(params.device)
+    outcomes: dict[str, dict] = {}
+    for name in [s for s in STAGE_FLOWS if s in stages]:
+        from adaptflow.stages import STAGES
+
+        done = [d for d in STAGES.get(name).depends_on if d in outcomes]
+        ctx = StageContext(
+            Path("."),
+            exp,
+            device,
+            force=True,
+            progress=False,
+            upstream_keys={d: outcomes[d]["cache_key"] for d in done},
+            upstream={d: upstream_ref(outcomes[d]) for d in done},
+        )
+        outcomes[name] = execute(name, params, ctx).to_dict()
+    end = time.perf_counter()
+    return {"imports": imported - t0, "in_process": end - t0, **timers.seconds}
+
+
+# ---------------------------------------------------------------- in the parent
+def _env(project: Path) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_API"))
+    }
+    env["PREFECT_HOME"] = str(project / ".prefect")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _child(project: Path, mode: str, payload: dict) -> tuple[float, dict]:
+    """Run this module's child `mode` in `project`; (parent-measured wall, what it reported)."""
+    out = project / f"child-{mode}.json"
+    cmd = [sys.executable, "-m", "bench.pipeline_overhead", "--child", mode, json.dumps(payload)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [*cmd, "--child-out", str(out)],
+        cwd=project,
+        env=_env(project),
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(
+            f"{mode} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return wall, json.loads(out.read_text())
+
+
+def _bare_imports(project: Path) -> float:
+    """A bare script's interpreter start + imports (min of 3)."""
+    best = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", BARE_IMPORTS], check=True, env=_env(project))
+        best.append(time.perf_counter() - t0)
+    return min(best)
+
+
+@contextlib.contextmanager
+def scratch_project():
+    """A temporary project: params.yaml from this checkout, its own store and Prefect home."""
+    with tempfile.TemporaryDirectory(prefix="adaptflow-bench-") as tmp:
+        project = Path(tmp)
+        shutil.copy(REPO / "params.yaml", project / "params.yaml")
+        yield project
+
+
+def _prepared_dir() -> str:
+    path = REPO / "data" / "prepared"
+    if not any(path.glob("*.json")):
+        sys.exit(f"no prepared data in {path}: run `make data` first")
+    return str(path)
+
+
+def overhead(profile: str, bare_imports: float) -> dict:
+    """Cold pipeline, plain loop, warm pipeline of `profile`, each in a fresh scratch store."""
+    from flows.pipeline import STAGE_FLOWS
+
+    overrides = [f"profile={profile}", f"data.prepared_dir={_prepared_dir()}", *BENCH_NAMES]
+    stages = list(STAGE_FLOWS)  # what `adaptflow run` runs without --stage
+    with scratch_project() as project:
+        print(f"[{profile}] pipeline, cold ...", flush=True)
+        cold_wall, cold = _child(project, "pipeline", {"args": _set(overrides) + ["--force"]})
+        print(f"[{profile}] pipeline, warm (unchanged re-run) ...", flush=True)
+        warm_wall, warm = _child(project, "pipeline", {"args": _set(overrides)})
+    with scratch_project() as project:
+        print(f"[{profile}] plain loop ...", flush=True)
+        loop_wall, loop = _child(project, "loop", {"overrides": overrides, "stages": stages})
+    bare = loop["in_process"] - sum(
+        loop.get(k, 0.0) for k in ("tracking", "model logging", "plots")
+    )
+    bare += bare_imports
+    return {
+        "profile": profile,
+        "cold_wall": cold_wall,
+        "cold": cold,
+        "warm_wall": warm_wall,
+        "warm": warm,
+        "loop_wall": loop_wall,
+        "loop": loop,
+        "bare": bare,
+        "bare_imports": bare_imports,
+    }
+
+
+def _set(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def _parts(child: dict, wall: float) -> dict[str, float]:
+    """The child's wall split into PARTS (start-up before the child's first line: imports)."""
+    named = {k: child.get(k, 0.0) for k in PARTS if k not in ("imports", "rest")}
+    imports = child["imports"] + (wall - child["in_process"])  # + interpreter start
+    rest = wall - imports - sum(named.values())
+    return {"imports": imports, **named, "rest": rest}
+
+
+def overhead_table(r: dict) -> str:
+    pipe = _parts(r["cold"], r["cold_wall"])
+    loop = _parts(r["loop"], r["loop_wall"])
+    warm = _parts(r["warm"], r["warm_wall"])
+    ratio = r["cold_wall"] / r["bare"]
+    label = {
+        "imports": "interpreter start + imports",
+        "prefect start": "Prefect start (temporary server)",
+        "tracking": "MLflow tracking calls",
+        "model logging": "model logging",
+        "plots": "plots (render + log)",
+        "rest": "the rest: stage compute (+ Prefect bookkeeping)",
+    }
+    lines = [
+        f"**profile {r['profile']}** — pipeline ÷ bare = **{ratio:.3f}** "
+        f"(goal ≤ {RATIO_GOAL:.2f}{' on default' if r['profile'] != 'default' else ''}); "
+        f"warm ÷ cold = **{r['warm_wall'] / r['cold_wall']:.3f}** (goal ≤ {CACHE_GOAL})",
+        "",
+        "| part (s) | pipeline, cold | plain loop | pipeline, warm (cache) |",
+        "|---|---|---|---|",
+    ]
+    for k in PARTS:
+        lines.append(f"| {label[k]} | {pipe[k]:.1f} | {loop[k]:.1f} | {warm[k]:.1f} |")
+    lines += [
+        f"| **wall** | **{r['cold_wall']:.1f}** | **{r['loop_wall']:.1f}** "
+        f"| **{r['warm_wall']:.1f}** |",
+        "",
+        f"- bare = plain loop − tracking − model logging − plots − its imports + a bare script's "
+        f"imports ({r['bare_imports']:.1f} s: `{BARE_IMPORTS}`) = {r['bare']:.1f} s",
+        f"- Prefect's bookkeeping ≈ rest(pipeline) − rest(plain loop) = "
+        f"{pipe['rest'] - loop['rest']:+.1f} s",
+        f"- peak RSS: pipeline process {r['cold']['rss']['self']:.2f} GiB (goal well under "
+        f"{RSS_GOAL_GIB:.0f}), its largest child (Prefect's server) "
+        f"{r['cold']['rss']['children']:.2f} GiB",
+    ]
+    return "\n".join(lines)
+
+
+def scaling(bare_imports: float) -> dict:
+    """Stage pretrain at smoke sizes: wall vs data size and vs sweep runs, pipeline and loop."""
+    data = f"data.prepared_dir={_prepared_dir()}"
+    base = ["profile=smoke", data, *BENCH_NAMES]
+    cases = [
+        ("data", k, [f"pretrain.max_train={SCALE_BASE * k}", "pretrain.seeds=[0]"])
+        for k in SCALE_DATA
+    ]
+    cases += [("runs", k, [f"pretrain.seeds=[{','.join(map(str, range(k)))}]"]) for k in SCALE_RUNS]
+    rows = []
+    for axis, k, extra in cases:
+        overrides = [*base, *extra]
+        with scratch_project() as project:
+            print(f"[scaling] {axis} {k}: pipeline ...", flush=True)
+            wall, child = _child(
+                project, "pipeline", {"args": [*_set(overrides), "--stage", "pretrain", "--force"]}
+            )
+        with scratch_project() as project:
+            print(f"[scaling] {axis} {k}: plain loop ...", flush=True)
+            lwall, loop = _child(project, "loop", {"overrides": overrides, "stages": ["pretrain"]})
+        logged = sum(loop.get(c, 0.0) for c in ("tracking", "model logging", "plots"))
+        bare = loop["in_process"] - logged + bare_imports
+        rows.append({"axis": axis, "k": k, "pipeline": wall, "loop": lwall, "bare": bare})
+    return {"rows": rows}
+
+
+def _fit(xs, ys) -> tuple[float, float]:
+    import numpy as np
+
+    slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    return float(slope), float(intercept)
+
+
+def scaling_table(s: dict) -> tuple[str, float]:
+    rows = s["rows"]
+    runs = [r for r in rows if r["axis"] == "runs"]
+    per_run, fixed = _fit([r["k"] for r in runs], [r["pipeline"] - r["bare"] for r in runs])
+    lines = [
+        f"Stage `pretrain`, smoke sizes. Per-run overhead (slope of pipeline − bare over sweep "
+        f"runs) = **{per_run:.2f} s** (goal < {PER_RUN_GOAL:.0f} s); fixed overhead "
+        f"{fixed:.1f} s.",
+        "",
+        "| axis | × | pipeline s | plain loop s | bare s | pipeline − bare s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        what = f"{SCALE_BASE * r['k']} images" if r["axis"] == "data" else f"{r['k']} runs"
+        lines.append(
+            f"| {r['axis']} | {what} | {r['pipeline']:.1f} | {r['loop']:.1f} | {r['bare']:.1f} "
+            f"| {r['pipeline'] - r['bare']:.1f} |"
+        )
+    for axis in ("data", "runs"):
+        sel = [r for r in rows if r["axis"] == axis]
+        slope, icept = _fit([r["k"] for r in sel], [r["pipeline"] for r in sel])
+        pred = [icept + slope * r["k"] for r in sel]
+        worst = max(abs(p - r["pipeline"]) / r["pipeline"] for p, r in zip(pred, sel, strict=True))
+        lines.append(
+            f"\n- {axis}: pipeline ≈ {icept:.1f} + {slope:.2f}·× s; largest deviation from the "
+            f"line {100 * worst:.0f} %"
+        )
+    return "\n".join(lines), per_run
+
+
+def scaling_plot(s: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, axis, xlabel in zip(
+        axes, ("data", "runs"), ("training images (× 600)", "sweep runs (seeds)"), strict=True
+    ):
+        sel = [r for r in s["rows"] if r["axis"] == axis]
+        xs = [r["k"] for r in sel]
+        for key, style in (("pipeline", "o-"), ("bare", "s--")):
+            ax.plot(xs, [r[key] for r in sel], style, label=key)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("wall s")
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("wall vs data size")
+    axes[1].set_title("wall vs number of runs")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src", "flows", "bench", "params.yaml"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return out.stdout.strip() + (" (+ uncommitted changes)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="append", help="smoke and/or default (both)")
+    parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.md")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("payload", nargs="?", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        from adaptflow.env import configure_env
+
+        configure_env(".")
+        payload = json.loads(args.payload)
+        if args.child == "pipeline":
+            result = child_pipeline(payload["args"])
+        else:
+            result = child_loop(payload["overrides"], payload["stages"])
+        args.child_out.write_text(json.dumps(result))
+        return
+
+    t0 = time.perf_counter()
+    with scratch_project() as project:
+        bare_imports = _bare_imports(project)
+    sections = [
+        f"# Orchestration overhead, cache, memory, scaling\n\n`make bench-pipeline` on "
+        f"{time.strftime('%Y-%m-%d')}, commit {_commit()}, {os.cpu_count()} CPU cores.\n"
+    ]
+    raw: dict = {}
+    for profile in args.profile or ["smoke", "default"]:
+        r = overhead(profile, bare_imports)
+        raw[profile] = r
+        sections.append(f"## Profile {profile}\n\n{overhead_table(r)}\n")
+        print("\n" + sections[-1], flush=True)
+    if not args.no_scaling:
+        s = scaling(bare_imports)
+        raw["scaling"] = s
+        table, _ = scaling_table(s)
+        scaling_plot(s, args.out.parent / "scaling.png")
+        sections.append(f"## Scaling\n\n{table}\n\n![scaling](scaling.png)\n")
+        print("\n" + sections[-1], flush=True)
+    sections.append(f"Total bench time {(time.perf_counter() - t0) / 60:.1f} min.\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(sections))
+    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
