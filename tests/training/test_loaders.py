@@ -75,3 +75,28 @@ def test_batches_are_copies_and_bad_arguments_are_named():
         array_loader(x, np.zeros(3), batch_size=2, shuffle=True)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         array_loader(x, batch_size=0, shuffle=True)
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(10, 3), (9, 3), (2, 5), (7, 7)])
+def test_the_endless_stream_is_the_one_it_was(n, batch_size):
+    """_Endless (PairedLoader's streams) takes one slice inside a pass; the stream of indices
+    is that of the element-wise version it replaced, across reshuffles."""
+    from adaptflow.training.loaders import _Endless
+
+    def before(g):  # the replaced implementation
+        order, pos = torch.randperm(n, generator=g), 0
+        while True:
+            idx = []
+            while len(idx) < batch_size:
+                if pos >= n:
+                    order, pos = torch.randperm(n, generator=g), 0
+                take = order[pos : pos + batch_size - len(idx)]
+                pos += len(take)
+                idx.extend(take.tolist())
+            yield torch.tensor(idx)
+
+    now = _Endless(n, batch_size, torch.Generator().manual_seed(3))
+    old = before(torch.Generator().manual_seed(3))
+    for _ in range(4 * n):
+        a, b = now.next(), next(old)
+        assert torch.equal(a, b) and a.dtype == b.dtype

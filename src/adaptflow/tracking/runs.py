@@ -174,9 +174,18 @@ def _start_time(pid: int) -> str:
         return "-"
 
 
+_own: tuple[int, str] | None = None  # (pid, tag) of this process (a forked worker: its own)
+
+
 def owner(pid: int | None = None) -> str:
-    pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    """host:pid:start of process `pid` (this one when None); this process's is read once."""
+    global _own
+    me = os.getpid()
+    if pid is not None and pid != me:
+        return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    if _own is None or _own[0] != me:
+        _own = (me, f"{socket.gethostname()}:{me}:{_start_time(me)}")
+    return _own[1]
 
 
 def _owner_alive(tag: str) -> bool | None:

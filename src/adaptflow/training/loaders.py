@@ -66,6 +66,9 @@ class _Endless:
         self._order, self._pos = torch.randperm(n, generator=g), 0
 
     def next(self) -> torch.Tensor:
+        if self._pos + self.batch_size <= self.n:  # inside the current pass: one slice
+            self._pos += self.batch_size
+            return self._order[self._pos - self.batch_size : self._pos]
         idx = []
         while len(idx) < self.batch_size:
             if self._pos >= self.n:
