@@ -81,3 +81,54 @@ def bench_stage(doc: str, stage: str, report: str, argv: list[str] | None) -> No
     console = Console()
     print_artifact(console, outcome.run_id, report)
     console.print(f"\nwall time {seconds:.0f} s on {device}")
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def commit() -> str:
+    """The checkout's commit, "+ uncommitted changes" when src/flows/bench/params.yaml differ."""
+    import subprocess
+
+    root = RESULTS.parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src", "flows", "bench", "params.yaml"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + (" + uncommitted changes" if dirty else "")
+
+
+def markdown_table(table) -> str:
+    """A rich Table as a markdown table (its title above it in bold)."""
+    cols = table.columns
+    lines = [f"**{table.title}**", ""] if table.title else []
+    lines += ["| " + " | ".join(str(c.header) for c in cols) + " |"]
+    lines += ["|" + "|".join("---" for _ in cols) + "|"]
+    for i in range(table.row_count):
+        lines.append("| " + " | ".join(str(list(c.cells)[i]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def save_result(name: str, body: str, seconds: float, extra: str = "") -> Path:
+    """bench/results/<name>.md: what `make bench-<name>` measured, with the date, the commit and
+    the wall time (bench/collect.py gathers these into the README's Results section)."""
+    import datetime
+
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = (
+        f"<!-- bench: {name}; commit: {commit()}; date: {when} -->\n"
+        f"`make bench-{name}` on {when}, commit {commit()}, wall {seconds / 60:.1f} min"
+        f"{extra}.\n\n"
+    )
+    path.write_text(head + body.strip() + "\n")
+    return path

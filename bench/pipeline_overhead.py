@@ -27,7 +27,8 @@ after another (never two at once on the 2 cores):
   number of sweep runs (seeds) 1/4/16, pipeline and plain loop; the per-run overhead is the
   slope of (pipeline − bare) over runs (goal < 1 s). A plot goes to bench/results/scaling.png.
 
-The tables go to stdout and to bench/results/pipeline.md (with the date and commit).
+The tables go to stdout and to bench/results/pipeline.md (with the date and commit; the README's
+Results section is collected from bench/results/ by `make bench-results`).
 """
 
 from __future__ import annotations
@@ -414,27 +415,11 @@ def scaling_plot(s: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "src", "flows", "bench", "params.yaml"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return out.stdout.strip() + (" (+ uncommitted changes)" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="append", help="smoke and/or default (both)")
     parser.add_argument("--no-scaling", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.md")
+    parser.add_argument("--out", type=Path, help="write the report here, not bench/results/")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("payload", nargs="?", help=argparse.SUPPRESS)
@@ -454,28 +439,31 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     with scratch_project() as project:
         bare_imports = _bare_imports(project)
-    sections = [
-        f"# Orchestration overhead, cache, memory, scaling\n\n`make bench-pipeline` on "
-        f"{time.strftime('%Y-%m-%d')}, commit {_commit()}, {os.cpu_count()} CPU cores.\n"
-    ]
+    sections = [f"{os.cpu_count()} CPU cores; every measurement in a fresh process.\n"]
     raw: dict = {}
     for profile in args.profile or ["smoke", "default"]:
         r = overhead(profile, bare_imports)
         raw[profile] = r
-        sections.append(f"## Profile {profile}\n\n{overhead_table(r)}\n")
+        sections.append(f"#### Profile {profile}\n\n{overhead_table(r)}\n")
         print("\n" + sections[-1], flush=True)
     if not args.no_scaling:
         s = scaling(bare_imports)
         raw["scaling"] = s
         table, _ = scaling_table(s)
-        scaling_plot(s, args.out.parent / "scaling.png")
-        sections.append(f"## Scaling\n\n{table}\n\n![scaling](scaling.png)\n")
+        scaling_plot(s, (args.out.parent if args.out else RESULTS) / "scaling.png")
+        sections.append(f"#### Scaling\n\n{table}\n\n![scaling](scaling.png)\n")
         print("\n" + sections[-1], flush=True)
-    sections.append(f"Total bench time {(time.perf_counter() - t0) / 60:.1f} min.\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(sections))
-    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
-    print(f"\nwritten: {args.out}")
+    body = "\n".join(sections)
+    if args.out is None:
+        from bench.common import save_result
+
+        out = save_result("pipeline", body, time.perf_counter() - t0)
+    else:
+        out = args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(body)
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
+    print(f"\nwritten: {out}")
 
 
 if __name__ == "__main__":

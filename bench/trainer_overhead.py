@@ -230,9 +230,12 @@ def main(argv: list[str] | None = None) -> None:
             "yes" if ratio >= GOAL else "NO",
         )
     Console(width=140).print(table)
-    print(
-        f"wall time {time.perf_counter() - t0:.0f} s; progress bar {'on' if args.progress else 'off'}"
-    )
+    seconds = time.perf_counter() - t0
+    print(f"wall time {seconds:.0f} s; progress bar {'on' if args.progress else 'off'}")
+    if argv is None:  # `make bench-trainer`, not a test calling main([...])
+        from bench.common import markdown_table, save_result
+
+        print(f"written: {save_result('trainer', markdown_table(table), seconds)}")
 
 
 if __name__ == "__main__":
