@@ -95,7 +95,18 @@ test-slow: $(STAMP) ## run only the slow tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: bench-trainer bench-ae bench-pretrain bench-transfer bench-da bench-gan bench-seq ## run every benchmark
+bench: bench-trainer bench-pipeline bench-ae bench-pretrain bench-transfer bench-da bench-gan bench-seq ## run every benchmark (hours: bench-da alone is ~4 h)
+
+.PHONY: bench-all
+bench-all: bench bench-results ## every benchmark, then bench/results/REPORT.md and the README's Results section
+
+.PHONY: bench-results
+bench-results: $(STAMP) ## collect bench/results/*.md (+ published numbers) into REPORT.md and the README's Results section
+	$(BIN)/python -m bench.collect
+
+.PHONY: bench-pipeline
+bench-pipeline: data ## orchestration overhead vs a plain loop, cache warm/cold, peak RSS, scaling plot (~35 min)
+	$(BIN)/python -m bench.pipeline_overhead
 
 .PHONY: bench-ae
 bench-ae: data ## the ae stage with the validation lambda sweep and every anomaly copy (profile bench)

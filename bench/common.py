@@ -79,8 +79,17 @@ def bench_stage(doc: str, stage: str, report: str, argv: list[str] | None) -> No
     params = bench_params(args.params, [f"profile={args.profile}", *args.overrides])
     outcome, seconds, device = run_stage(stage, params)
     console = Console()
-    print_artifact(console, outcome.run_id, report)
+    text = print_artifact(console, outcome.run_id, report)
     console.print(f"\nwall time {seconds:.0f} s on {device}")
+    if canonical(args):
+        saved = save_result(stage, text, seconds, f" on {device}; MLflow run {outcome.run_id}")
+        console.print(f"written: {saved}")
+
+
+def canonical(args, profile: str = "bench") -> bool:
+    """A bench run as `make bench-<name>` runs it (its profile, no --set): the one whose
+    numbers go to bench/results/ and the README."""
+    return not args.overrides and getattr(args, "profile", profile) == profile
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.common import bench_args, bench_params, print_artifact, run_stage
+from bench.common import bench_args, bench_params, canonical, print_artifact, run_stage, save_result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path("reports") / f"bench-da-{params.profile}{suffix}.md"
     out.write_text(report + f"\nwall time {seconds:.0f} s on {device}\n")
     console.print(f"\nwall time {seconds:.0f} s on {device}; report written to {out}")
+    if canonical(args):  # pair by pair (PAIRS=a,b): bench/results/da-a-b.md, collected together
+        extra = f" on {device}; MLflow run {outcome.run_id}"
+        saved = save_result(f"da{suffix}", report, seconds, extra)
+        console.print(f"written: {saved}")
 
 
 def _only_pairs(params, pairs_arg: str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from bench.common import bench_args, bench_params, print_artifact, run_stage
+from bench.common import bench_args, bench_params, canonical, print_artifact, run_stage, save_result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     params = bench_params(args.params, args.overrides)
     outcome, seconds, device = run_stage("pretrain", params)
     console = Console()
-    print_artifact(console, outcome.run_id, "pretrain/verdict.md")
+    text = print_artifact(console, outcome.run_id, "pretrain/verdict.md")
+    gains = ["", "Gain of greedy over random init (test accuracy points):", ""]
     m = outcome.metrics
     console.print("\n[bold]gain of greedy over random init (test accuracy points):[/]")
     from adaptflow.evaluation.verdicts import t_quantile
@@ -29,11 +30,18 @@ def main(argv: list[str] | None = None) -> None:
     t = t_quantile(n) if n > 1 else float("nan")
     for f in params.pretrain.label_fractions:
         hw = 100 * t * m.get(f"pretrain/f{f:g}/gain_se", float("nan"))
-        console.print(
-            f"  {100 * f:g}% labels: {100 * m[f'pretrain/f{f:g}/gain']:+.2f} ± {hw:.2f} "
+        line = (
+            f"{100 * f:g}% labels: {100 * m[f'pretrain/f{f:g}/gain']:+.2f} ± {hw:.2f} "
             f"(95 % CI, {n} seeds)"
         )
+        console.print(f"  {line}")
+        gains.append(f"- {line}")
     console.print(f"\nwall time {seconds:.0f} s on {device}; MLflow run {outcome.run_id}")
+    if canonical(args, profile="default"):
+        extra = f" on {device}; MLflow run {outcome.run_id}"
+        console.print(
+            f"written: {save_result('pretrain', text + chr(10).join(gains), seconds, extra)}"
+        )
 
 
 if __name__ == "__main__":

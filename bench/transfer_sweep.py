@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from bench.common import bench_args, bench_params, print_artifact, run_stage
+from bench.common import bench_args, bench_params, canonical, print_artifact, run_stage, save_result
 
 CHAIN = ("source", "features", "finetune")
 
@@ -27,15 +27,20 @@ def main(argv: list[str] | None = None) -> None:
     keys: dict[str, str] = {}
     refs: dict[str, dict] = {}
     seconds: dict[str, float] = {}
+    texts: list[str] = []
     for stage in CHAIN:
         outcome, seconds[stage], device = run_stage(
             stage, params, upstream_keys=dict(keys), upstream=dict(refs)
         )
         keys[stage] = outcome.cache_key
         refs[stage] = upstream_ref(outcome.to_dict())
-        print_artifact(console, outcome.run_id, f"{stage}/report.md")
+        texts.append(print_artifact(console, outcome.run_id, f"{stage}/report.md"))
     times = ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items())
     console.print(f"\nwall time {sum(seconds.values()):.0f} s ({times}) on {device}")
+    if canonical(args):
+        body = "\n\n".join(texts)
+        saved = save_result("transfer", body, sum(seconds.values()), f" ({times}) on {device}")
+        console.print(f"written: {saved}")
 
 
 if __name__ == "__main__":

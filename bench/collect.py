@@ -1,0 +1,165 @@
+"""Collect the benchmarks' results (bench/results/<name>.md, written by each `make bench-<name>`)
+into one report, bench/results/REPORT.md, with the published and peer numbers of
+../shared/REFERENCES.md beside each, and write it into the README's Results section (between
+its `results:begin` / `results:end` markers).
+
+    make bench-results        # collect only (what was measured, as it was measured)
+    make bench-all            # run every benchmark, then collect
+
+Each result keeps the commit and date it was measured at. A result whose commit's `src/`,
+`flows/` or `params.yaml` differ from the checkout's is marked stale (re-run its bench); a
+benchmark with no result yet is listed as not measured. Nothing is copied from elsewhere: the
+numbers are the files' own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import RESULTS
+
+REPO = RESULTS.parent.parent
+REFERENCES = REPO.parent / "shared" / "REFERENCES.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+CODE = ("src", "flows", "params.yaml")  # what decides a bench's numbers
+
+# (result name pattern, title, the REFERENCES.md sections that go beside it)
+BENCHES = (
+    ("pretrain", "Greedy layer-wise pretraining", ("Greedy layer-wise pretraining",)),
+    ("transfer", "Transfer: feature extraction vs fine-tuning", ()),
+    (
+        "da*",
+        "Domain adaptation",
+        ("Domain adaptation, digits", "A peer library measured here", "Embedded pairs"),
+    ),
+    ("gan", "GANs", ("GAN",)),
+    ("seq", "Sequence models", ("MNIST-1D",)),
+    ("ae", "Autoencoders", ("Autoencoders / VAE",)),
+    ("trainer", "Trainer efficiency", ()),
+    ("pipeline", "Orchestration overhead, cache, memory, scaling", ()),
+)
+HEADER = re.compile(
+    r"<!-- bench: (?P<name>[^;]+); commit: (?P<commit>[^;]+); date: (?P<date>[^>]+?) -->"
+)
+
+
+@dataclass
+class Result:
+    name: str
+    commit: str
+    date: str
+    body: str
+    state: str  # "current" | why it is not
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def freshness(commit: str) -> str:
+    """ "current" when the commit's code equals the checkout's, else why not."""
+    sha = commit.split()[0]
+    if "uncommitted" in commit:
+        return "measured with uncommitted changes"
+    if _git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
+        return f"commit {sha} is not in this repository"
+    if _git("diff", "--quiet", sha, "HEAD", "--", *CODE).returncode != 0:
+        return f"stale: {', '.join(CODE)} changed since {sha}"
+    if _git("diff", "--quiet", "HEAD", "--", *CODE).returncode != 0:
+        return "stale: the checkout has uncommitted changes to the code"
+    return "current"
+
+
+def read_result(path: Path) -> Result:
+    text = path.read_text()
+    m = HEADER.search(text)
+    if m is None:
+        raise SystemExit(f"{path}: no bench header (written by bench.common.save_result?)")
+    body = text[m.end() :].strip()
+    return Result(m["name"], m["commit"].strip(), m["date"].strip(), body, freshness(m["commit"]))
+
+
+def demote(markdown: str, levels: int = 3) -> str:
+    """Headings `#` → `####` (the report nests each bench under its own heading)."""
+    out, fenced = [], False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced and re.match(r"#{1,6} ", line):
+            line = "#" * levels + line
+        out.append(line)
+    return "\n".join(out)
+
+
+def relink(markdown: str, base: str) -> str:
+    """Relative image/file links of a result (e.g. scaling.png) made relative to `base`."""
+    return re.sub(r"(!?\[[^\]]*\]\()(?!https?:|/|#)([^)]+\))", rf"\g<1>{base}\g<2>", markdown)
+
+
+def references(titles: tuple[str, ...]) -> str | None:
+    """The sections of REFERENCES.md whose heading starts with one of `titles`, verbatim."""
+    if not titles:
+        return None
+    if not REFERENCES.is_file():
+        return f"({REFERENCES} is absent: the published numbers are not beside this checkout)"
+    sections = re.split(r"(?m)^## ", REFERENCES.read_text())[1:]
+    picked = [s for s in sections if s.startswith(titles)]
+    return "\n\n".join("##### " + s.strip() for s in picked) or None
+
+
+def report(base: str) -> str:
+    head = _git("rev-parse", "--short", "HEAD").stdout.strip()
+    lines = [
+        f"Collected by `make bench-results` at commit {head}. Every result says the commit and "
+        "date it was measured at; one whose code differs from this commit's is marked stale. "
+        "Published and peer numbers (`../shared/REFERENCES.md`) are beside each, with their "
+        "own protocols (most published digit numbers use all 60,000 MNIST images; ours the "
+        "5,000-image subset).",
+        "",
+        "| benchmark | measured | commit | state |",
+        "|---|---|---|---|",
+    ]
+    sections = []
+    for pattern, title, refs in BENCHES:
+        paths = sorted(RESULTS.glob(f"{pattern}.md"))
+        name = pattern.rstrip("*")
+        if not paths:
+            lines.append(f"| {title} | not yet | – | run `make bench-{name}` |")
+            continue
+        parts = []
+        for path in paths:
+            r = read_result(path)
+            label = title if r.name == name else f"{title} ({r.name})"
+            lines.append(f"| {label} | {r.date} | {r.commit} | {r.state} |")
+            state = "" if r.state == "current" else f"\n\n**{r.state}.**"
+            parts.append(f"{relink(demote(r.body), base)}{state}")
+        ref = references(refs)
+        beside = f"\n\n**Published and peer numbers**\n\n{ref}" if ref else ""
+        sections.append(f"### {title}\n\n" + "\n\n".join(parts) + beside)
+    return "\n".join(lines) + "\n\n" + "\n\n".join(sections) + "\n"
+
+
+def into_readme(readme: Path, text: str) -> None:
+    old = readme.read_text()
+    if BEGIN not in old or END not in old:
+        raise SystemExit(f"{readme}: no {BEGIN} ... {END} markers for the Results section")
+    start, end = old.index(BEGIN) + len(BEGIN), old.index(END)
+    readme.write_text(old[:start] + "\n" + text + old[end:])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    args = parser.parse_args(argv)
+    full = report(base="")
+    (RESULTS / "REPORT.md").write_text("# adaptflow benchmark results\n\n" + full)
+    into_readme(args.readme, report(base="bench/results/"))
+    print(f"written: {RESULTS / 'REPORT.md'} and the Results section of {args.readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""bench/collect.py: the README's Results section from bench/results/, with each result's commit
+and whether it is current, stale or missing."""
+
+from __future__ import annotations
+
+import pytest
+from bench import collect, common
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    folder = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS", folder)
+    monkeypatch.setattr(collect, "RESULTS", folder)
+    return folder
+
+
+def test_results_are_collected_with_their_commit_state_and_references(results, tmp_path):
+    common.save_result("trainer", "**table**\n\n| a | b |\n|---|---|\n| 1 | 2 |", 61.0)
+    common.save_result("gan", "# GAN report\n\n![curve](curve.png)", 30.0)
+    common.save_result("da-syn2mnist", "# DA\n\nsyn2mnist numbers", 10.0)
+    stale = results / "seq.md"
+    stale.write_text("<!-- bench: seq; commit: 0000000; date: 2026-01-01 00:00 UTC -->\nold\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{collect.BEGIN}\nold text\n{collect.END}\nrest\n")
+    collect.main(["--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{collect.END}\nrest\n")
+    assert "old text" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| Trainer efficiency |"))
+    assert row.endswith(f"| {common.commit()} | {collect.freshness(common.commit())} |"), row
+    assert "| Sequence models | 2026-01-01 00:00 UTC | 0000000 | commit 0000000 is not in" in text
+    assert "| Autoencoders | not yet | – | run `make bench-ae` |" in text
+    assert "| Domain adaptation (da-syn2mnist) |" in text and "syn2mnist numbers" in text
+    assert "#### GAN report" in text  # nested under the bench's own heading
+    assert "![curve](bench/results/curve.png)" in text  # relative to the README
+    assert "![curve](curve.png)" in (results / "REPORT.md").read_text()  # relative to itself
+    if collect.REFERENCES.is_file():  # ../shared beside the checkout: published numbers beside
+        assert "Lucic et al. 2018" in text and "Greydanus" in text
+
+
+def test_a_result_without_its_header_or_a_readme_without_markers_is_refused(results, tmp_path):
+    results.mkdir()
+    (results / "ae.md").write_text("numbers from somewhere\n")
+    with pytest.raises(SystemExit, match="no bench header"):
+        collect.report(base="")
+    (results / "ae.md").unlink()
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="markers"):
+        collect.main(["--readme", str(readme)])
+    assert readme.read_text() == "no markers\n"
+
+
+def test_headings_are_nested_but_not_inside_code():
+    text = "# Title\n```\n# a comment\n```\n## Sub"
+    assert collect.demote(text) == "#### Title\n```\n# a comment\n```\n##### Sub"
