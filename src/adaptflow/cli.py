@@ -98,14 +98,14 @@ def run(
     except StoreError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
-    from flows.pipeline import StagesFailed, pipeline_flow, serialised_start
+    from flows.pipeline import StagesFailed, pipeline_flow, ephemeral_prefect
 
     from adaptflow import interrupt
     from adaptflow.tracking.runs import kill_open_runs
 
     t0 = time.perf_counter()
     try:
-        with interrupt.handle_signals(kill_open_runs), serialised_start():
+        with interrupt.handle_signals(kill_open_runs), ephemeral_prefect():
             outcomes = pipeline_flow(
                 str(params_path), list(overrides or []), ".", force, progress, chosen
             )
