@@ -98,7 +98,7 @@ def run(
     except StoreError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
-    from flows.pipeline import StagesFailed, pipeline_flow, ephemeral_prefect
+    from flows.pipeline import StagesFailed, ephemeral_prefect, pipeline_flow
 
     from adaptflow import interrupt
     from adaptflow.tracking.runs import kill_open_runs
