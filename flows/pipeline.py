@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,17 +53,18 @@ def ephemeral_prefect(timeout: float = 300.0) -> Iterator[None]:
     - No flow-run heartbeats: they let a long-lived server mark crashed runs, but this server
       ends with the process, and each flow's heartbeat thread costs up to 1 s at its end (it
       sleeps in 1 s steps; 9 flows: ~4 s of a cached re-run's ~25 s).
-    With a server (PREFECT_API_URL set, e.g. `make prefect-server` or a deployment) nothing
-    changes."""
+    With a server (an API URL in Prefect's settings: PREFECT_API_URL, a profile; e.g. `make
+    prefect-server` or a deployment) nothing changes."""
     global _starting
-    if os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:  # env, a Prefect profile or prefect.toml
         yield
         return
     from filelock import FileLock, Timeout
     from prefect.context import SettingsContext
-    from prefect.settings import get_current_settings
 
-    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    home = Path(get_current_settings().home)
     home.mkdir(parents=True, exist_ok=True)
     path = home / "adaptflow-start.lock"
     _starting = FileLock(path, timeout=timeout, thread_local=False)  # released in the flow
@@ -76,11 +76,11 @@ def ephemeral_prefect(timeout: float = 300.0) -> Iterator[None]:
             f"waited {timeout:.0f} s for {path}: another adaptflow process is starting Prefect. "
             "If none is running (`ps`), delete the file and run again"
         ) from None
-    current = get_current_settings()
-    quiet = current.model_copy(
-        update={"flows": current.flows.model_copy(update={"heartbeat_frequency": None})}
-    )
     try:
+        current = get_current_settings()
+        quiet = current.model_copy(
+            update={"flows": current.flows.model_copy(update={"heartbeat_frequency": None})}
+        )
         with SettingsContext(profile=SettingsContext.get().profile, settings=quiet):
             yield
     finally:

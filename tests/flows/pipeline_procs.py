@@ -10,18 +10,19 @@ import sys
 import psutil
 
 
-def start(project, prepared, *args: str) -> subprocess.Popen:
-    """`adaptflow run --set profile=smoke <args>` on `prepared` data in `project`, started now."""
+def start(project, prepared, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`adaptflow run --set profile=smoke <args>` on `prepared` data in `project`, started now
+    (`env`: more environment variables)."""
     cmd = [sys.executable, "-m", "adaptflow.cli", "run", "--no-progress", "--set", "profile=smoke"]
     cmd += [*args, "--set", f"data.prepared_dir={prepared}"]
-    env = {
+    environ = {
         k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_API"))
     }
-    env["PREFECT_HOME"] = str(project / ".prefect")
+    environ["PREFECT_HOME"] = str(project / ".prefect")
     return subprocess.Popen(
         cmd,
         cwd=project,
-        env=env,
+        env=environ | (env or {}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -4,6 +4,9 @@ after the other (the second version was compared with the first)."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from tests.flows.pipeline_procs import client_of, read_everything_back, start
@@ -16,12 +19,41 @@ ARGS = {
 NAME = "adaptflow-smoke-pretrain"
 
 
-# ~1.5 min: in `make test-slow` (CI runs it), outside the fast suite's 10 minutes; the store
-# lock, the per-call retry and the gate's re-check are unit-tested in tests/tracking and
-# tests/flows/test_retries.py
+# Injected into both pipelines (sitecustomize): each says when it reaches the registry gate and
+# waits there for the test's go. With the gate lock the second cannot arrive (it waits for the
+# lock: the test says go after a while); without it both arrive and decide at once.
+BARRIER = """
+import os, pathlib, time
+import adaptflow.tracking.models as m
+_real = m.register_gated
+def register_gated(*args, **kwargs):
+    folder = pathlib.Path(os.environ["ADAPTFLOW_TEST_BARRIER"])
+    (folder / f"arrived-{os.getpid()}").touch()
+    while not (folder / "go").exists():
+        time.sleep(0.1)
+    return _real(*args, **kwargs)
+m.register_gated = register_gated
+"""
+
+
 @pytest.mark.slow
-def test_two_pipelines_at_once_both_finish_and_the_gate_decides_in_turn(project, prepared_mnist):
-    procs = {k: start(project, prepared_mnist, *a) for k, a in ARGS.items()}
+def test_two_pipelines_at_once_both_finish_and_the_gate_decides_in_turn(
+    project, prepared_mnist, tmp_path_factory
+):
+    inject = tmp_path_factory.mktemp("inject")
+    (inject / "sitecustomize.py").write_text(BARRIER)
+    barrier = tmp_path_factory.mktemp("barrier")
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(inject), os.environ.get("PYTHONPATH", "")]),
+        "ADAPTFLOW_TEST_BARRIER": str(barrier),
+    }
+    procs = {k: start(project, prepared_mnist, *a, env=env) for k, a in ARGS.items()}
+    deadline = time.monotonic() + 600
+    while len(list(barrier.glob("arrived-*"))) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # the other pipeline: at the gate too (no lock), or waiting for the lock (it cannot arrive)
+    time.sleep(20)
+    (barrier / "go").touch()
     said = {k: p.communicate(timeout=900)[0] for k, p in procs.items()}
     for k, p in procs.items():
         assert p.returncode == 0, said[k]
@@ -51,6 +83,7 @@ def test_two_pipelines_at_once_both_finish_and_the_gate_decides_in_turn(project,
     assert first["gate.decision"] == "champion" and first["gate.champion_version"] == "none"
     assert second["gate.champion_version"] == "1", second
     assert float(second["gate.champion_value"]) == float(first["gate.value"])
+    assert len(list(barrier.glob("arrived-*"))) == 2  # both went through the barrier
     holder = str(client.get_model_version_by_alias(NAME, "champion").version)
     assert holder == ("2" if second["gate.decision"] == "champion" else "1")
     counted = read_everything_back(client, prepared_mnist)

@@ -222,50 +222,66 @@ def test_is_missing_only_for_not_found_codes():
     assert not models.is_missing(MlflowException("x", PERMISSION_DENIED))
 
 
-def test_a_version_decided_before_the_alias_moved_elsewhere_is_decided_again(project, monkeypatch):
-    """Between a version's decision and its alias step another process (a tracking server's
-    clients share no lock) moves the alias to a better version: this one must not take it."""
+@pytest.mark.parametrize(
+    ("ours", "theirs", "decision", "holder"),
+    [(0.05, 0.01, CHALLENGER, "3"), (0.01, 0.05, CHAMPION, "2")],
+    ids=["theirs-better", "ours-still-better"],
+)
+def test_a_version_is_decided_again_when_the_alias_moved_meanwhile(
+    project, monkeypatch, ours, theirs, decision, holder
+):
+    """Between a version's decision and its alias step another client (a tracking server's
+    clients share no lock) moves the alias to v3: v2 takes the alias only if it beats v3."""
     from adaptflow.stages import base
 
-    toy_stage(monkeypatch, [0.10, 0.05])
+    toy_stage(monkeypatch, [0.10, ours])
     params = load_params("params.yaml")
     exp = configure(".", params.experiment)
     execute("ae", params, context(project, exp))  # v1 champion at 0.10
     real = base._register
 
-    def then_another_process_wins(spec, params, outcome, label, metric, uri, *rest):
-        got = real(spec, params, outcome, label, metric, uri, *rest)  # v2: 0.05 beats v1
-        other = models.register_gated(uri, NAME, METRIC, 0.01, False, 0.0, CONTEXT)  # v3
+    def then_another_client_moves_it(spec, params, outcome, label, metric, uri, *rest):
+        got = real(spec, params, outcome, label, metric, uri, *rest)  # v2 beats v1
+        other = models.register_gated(uri, NAME, METRIC, theirs, False, 0.0, CONTEXT)  # v3
         models.set_champion(NAME, other.version)
         return got
 
-    monkeypatch.setattr(base, "_register", then_another_process_wins)
+    monkeypatch.setattr(base, "_register", then_another_client_moves_it)
     out = execute("ae", params, context(project, exp, force=True))
-    assert (out.model_version, out.model_decision) == ("2", CHALLENGER)
-    assert out.model_decision_reason.startswith("re-decided: the alias moved")
-    tags = versions(MlflowClient())
-    assert tags["2"]["gate.decision"] == CHALLENGER and tags["2"]["gate.champion_version"] == "3"
-    assert str(MlflowClient().get_model_version_by_alias(NAME, CHAMPION).version) == "3"
-    run_tags = MlflowClient().get_run(out.run_id).data.tags
-    assert run_tags["adaptflow.model_decision"] == CHALLENGER
+    assert (out.model_version, out.model_decision) == ("2", decision)
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == holder
+    assert client.get_run(out.run_id).data.tags["adaptflow.model_decision"] == decision
+    tags = versions(client)
+    assert tags["2"]["gate.decision"] == decision
+    if decision == CHALLENGER:
+        assert out.model_decision_reason.startswith("re-decided: the alias moved")
+        assert tags["2"]["gate.champion_version"] == "3"
 
 
-def test_a_version_still_winning_after_the_alias_moved_keeps_its_decision(project, monkeypatch):
-    from adaptflow.stages import base
+def test_a_registration_refused_after_it_committed_is_not_registered_twice(project, monkeypatch):
+    """mlflow.register_model commits the version before its last write; a `database is locked`
+    there must not make a second version on the retry."""
+    import sqlite3
 
-    toy_stage(monkeypatch, [0.10, 0.01])
+    import mlflow
+
+    from adaptflow import retry
+
+    monkeypatch.setattr(retry.time, "sleep", lambda s: None)
+    monkeypatch.setattr(models.time, "sleep", lambda s: None)
+    real = mlflow.register_model
+    calls = []
+
+    def commits_then_refused(*args, **kwargs):
+        calls.append(real(*args, **kwargs))
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return calls[-1]
+
+    monkeypatch.setattr(mlflow, "register_model", commits_then_refused)
+    toy_stage(monkeypatch, [0.10])
     params = load_params("params.yaml")
-    exp = configure(".", params.experiment)
-    execute("ae", params, context(project, exp))
-    real = base._register
-
-    def then_another_process_moves_it(spec, params, outcome, label, metric, uri, *rest):
-        got = real(spec, params, outcome, label, metric, uri, *rest)
-        other = models.register_gated(uri, NAME, METRIC, 0.05, False, 0.0, CONTEXT)  # v3
-        models.set_champion(NAME, other.version)
-        return got
-
-    monkeypatch.setattr(base, "_register", then_another_process_moves_it)
-    out = execute("ae", params, context(project, exp, force=True))
-    assert (out.model_version, out.model_decision) == ("2", CHAMPION)
-    assert str(MlflowClient().get_model_version_by_alias(NAME, CHAMPION).version) == "2"
+    out = execute("ae", params, context(project, configure(".", params.experiment)))
+    assert (out.model_version, out.model_decision) == ("1", CHAMPION)
+    assert len(calls) == 1 and sorted(versions(MlflowClient())) == ["1"]

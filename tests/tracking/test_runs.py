@@ -130,3 +130,44 @@ def test_a_stop_ends_open_runs_killed_and_the_unwinding_keeps_them_killed(store,
         assert run.info.status == "KILLED", run.info.run_name  # not FAILED by the unwinding
         assert "SIGTERM" in run.data.tags["adaptflow.error"]
     assert not runs._open
+
+
+def _locked(times: list[int], real):
+    """A stand-in for an MlflowClient method refused `database is locked` `times[0]` times."""
+    import sqlite3
+
+    def call(self, *args, **kwargs):
+        if times[0] > 0:
+            times[0] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, *args, **kwargs)
+
+    return call
+
+
+@pytest.mark.parametrize("refusals", [2, 99])
+def test_a_refused_run_end_is_retried_and_never_leaves_the_run_on_the_stack(
+    store, monkeypatch, refusals
+):
+    """Two pipelines on one sqlite store: ending a run may meet a locked database. It is
+    retried; if it still fails, the run leaves MLflow's active-run stack all the same (else the
+    parent's end would end the dead child instead of itself)."""
+    from adaptflow import retry
+
+    monkeypatch.setattr(retry.time, "sleep", lambda s: None)
+    times = [refusals]
+    monkeypatch.setattr(MlflowClient, "set_terminated", _locked(times, MlflowClient.set_terminated))
+    with runs.run("parent") as parent:
+        if refusals < retry.CALL_ATTEMPTS:
+            with runs.run("child") as child:
+                pass
+            status = MlflowClient().get_run(child.info.run_id).info.status
+            assert status == "FINISHED" and times == [0]
+        else:
+            with pytest.raises(Exception, match="database is locked"):
+                with runs.run("child"):
+                    pass
+            times[0] = 0  # the store is free again
+        assert mlflow.active_run().info.run_id == parent.info.run_id
+    assert mlflow.active_run() is None
+    assert MlflowClient().get_run(parent.info.run_id).info.status == "FINISHED"

@@ -149,10 +149,18 @@ def test_the_store_lock_is_held_across_processes_and_a_stuck_one_is_named(projec
         assert locked
 
 
-def test_a_tracking_server_has_no_store_lock(project, monkeypatch):
+def test_a_tracking_server_has_no_store_lock_a_chosen_sqlite_file_has_one_beside_it(
+    project, monkeypatch
+):
     from adaptflow.tracking import store
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     with store.store_lock("gate-x") as locked:
         assert locked is False
     assert not (project / "mlruns").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'shared' / 'team.db'}")
+    with store.store_lock("gate-x") as locked:
+        assert locked and (project / "shared" / ".locks" / "gate-x.lock").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel/team.db")  # relative to the cwd
+    with store.store_lock("gate-x") as locked:
+        assert locked and (project / "rel" / ".locks" / "gate-x.lock").exists()

@@ -14,6 +14,7 @@ import importlib.metadata as md
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,7 @@ def log_torch_model(model: torch.nn.Module, x_example: np.ndarray) -> str:
     return info.model_uri
 
 
-@per_call  # a retry after a refused write may leave a second, unused logged model: harmless
+@per_call  # a retry after a refused write may leave an unused logged model (PENDING, in no version)
 def _log(model, x_example, y_example):
     import adaptflow
 
@@ -253,8 +254,7 @@ def register_gated(
         context,
         None if current is None else (str(current.version), current.tags),
     )
-    mv = per_call(mlflow.register_model)(model_uri, name, await_registration_for=0)
-    version = str(mv.version)
+    version = _register_version(client, model_uri, name)
     tags = {
         "gate.metric": metric,
         "gate.value": repr(float(value)),
@@ -271,6 +271,32 @@ def register_gated(
     for k, v in tags.items():
         per_call(client.set_model_version_tag)(name, version, k, v)
     return Registration(version, gate.decision, tags["gate.reason"], holder)
+
+
+def _register_version(client: MlflowClient, model_uri: str, name: str) -> str:
+    """mlflow.register_model, retried on a transient error without ever making a second
+    version: it commits the version before its last write (the logged model's tags), so a
+    refused call may have registered it already; that version is then the one."""
+    from adaptflow.retry import CALL_ATTEMPTS, CALL_FIRST_DELAY, is_transient
+
+    for attempt in range(CALL_ATTEMPTS):
+        try:
+            return str(mlflow.register_model(model_uri, name, await_registration_for=0).version)
+        except Exception as e:
+            if attempt == CALL_ATTEMPTS - 1 or not is_transient(e):
+                raise
+            time.sleep(CALL_FIRST_DELAY * 2**attempt)
+            try:
+                done = [
+                    v
+                    for v in client.search_model_versions(f"name = '{name}'")
+                    if v.source == model_uri
+                ]
+            except Exception:  # still busy: try registering again
+                done = []
+            if done:
+                return str(max(int(v.version) for v in done))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def recheck(name: str, version: str, holder, client: MlflowClient | None = None) -> GateDecision:
@@ -318,9 +344,9 @@ def restore_alias(name: str, alias: str, version: str | None) -> None:
     client = MlflowClient()
     try:
         if version is None:
-            client.delete_registered_model_alias(name, alias)
+            per_call(client.delete_registered_model_alias)(name, alias)
         else:
-            client.set_registered_model_alias(name, alias, version)
+            per_call(client.set_registered_model_alias)(name, alias, version)
     except MlflowException:
         logging.getLogger(__name__).exception("could not restore alias %s of %s", alias, name)
 
@@ -333,8 +359,8 @@ def abort_version(name: str, version: str, why: str) -> None:
     aborted (never compared again). Best effort: the original error is what the caller raises."""
     client = MlflowClient()
     try:
-        client.set_model_version_tag(name, version, "gate.decision", ABORTED)
-        client.set_model_version_tag(
+        per_call(client.set_model_version_tag)(name, version, "gate.decision", ABORTED)
+        per_call(client.set_model_version_tag)(
             name, version, "gate.reason", f"stage run failed: {why}"[:5000]
         )
     except MlflowException:

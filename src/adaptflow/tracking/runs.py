@@ -130,12 +130,15 @@ def run(
         # a stop (a signal: ours, Prefect's TerminationSignal, Ctrl-C) is not a failure
         stopped = interrupt.STOP.is_set() or not isinstance(e, Exception)
         error = interrupt.describe(e) if stopped else f"{type(e).__name__}: {e}"
-        set_tags(
-            {
-                "adaptflow.error": error[:5000],
-                "adaptflow.traceback": traceback.format_exc()[-5000:],
-            }
-        )
+        try:
+            set_tags(
+                {
+                    "adaptflow.error": error[:5000],
+                    "adaptflow.traceback": traceback.format_exc()[-5000:],
+                }
+            )
+        except Exception as tag_error:  # the run's own error is the one to raise
+            log.warning("could not tag run %s with its error: %s", active.info.run_id, tag_error)
         _end(active.info.run_id, RunStatus.KILLED if stopped else RunStatus.FAILED)
         raise
     else:
@@ -149,15 +152,15 @@ def run(
 
 def _end(run_id: str, status: int) -> None:
     """End the active run `run_id` with `status`: the status is written with retries first
-    (mlflow.end_run pops the run before writing, so it cannot be retried itself)."""
-    per_call(MlflowClient().set_terminated)(run_id, RunStatus.to_string(status))
+    (mlflow.end_run pops the run before writing, so it cannot be retried itself); the run leaves
+    MLflow's active-run stack whatever happens (else its parent would end it in its place)."""
     try:
-        mlflow.end_run(RunStatus.to_string(status))  # pops the run (and writes the same again)
-    except Exception as e:
-        from adaptflow.retry import is_transient
-
-        if not is_transient(e):
-            raise
+        per_call(MlflowClient().set_terminated)(run_id, RunStatus.to_string(status))
+    finally:
+        try:
+            mlflow.end_run(RunStatus.to_string(status))  # pops the run (writes the same again)
+        except Exception as e:  # the status is written above, or its error propagates
+            log.warning("run %s left the active-run stack with an error: %s", run_id, e)
 
 
 # ---------------------------------------------------------------- stopped processes

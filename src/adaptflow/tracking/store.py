@@ -50,25 +50,34 @@ LOCK_TIMEOUT = 600.0  # seconds; a gate or a store creation takes well under one
 
 @contextlib.contextmanager
 def store_lock(name: str, root: Path | str | None = None) -> Iterator[bool]:
-    """Hold the cross-process lock `name` of the local store (mlruns/.locks/<name>.lock); yields
-    True. With a tracking server (MLFLOW_TRACKING_URI) there is no shared folder: yields False
-    and locks nothing. `root`: the project root, else the root of the store in use (the cwd)."""
+    """Hold the cross-process lock `name` of the sqlite store in use (<its folder>/.locks/
+    <name>.lock: mlruns/.locks/ for the local store); yields True. With a tracking server there
+    is no shared folder: yields False and locks nothing. `root`: the project root, else the
+    root of the store in use (the cwd)."""
     from filelock import FileLock, Timeout
 
-    if user_uri() is not None:
+    uri = user_uri()
+    if uri is None:
+        folder = Path(root or ".").resolve() / "mlruns" / ".locks"
+    elif uri.startswith("sqlite:///"):  # a sqlite file the user chose: lock beside it
+        db = Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))  # relative: to the cwd
+        folder = db.resolve().parent / ".locks"
+    else:
         yield False
         return
-    folder = Path(root or ".").resolve() / "mlruns" / ".locks"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
+    lock = FileLock(folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock", timeout=LOCK_TIMEOUT)
     try:
-        with FileLock(path, timeout=LOCK_TIMEOUT):
-            yield True
+        lock.acquire()
     except Timeout:
         raise StoreError(
-            f"waited {LOCK_TIMEOUT:.0f} s for {path}: another adaptflow process holds it. If none "
-            "is running (`ps`), delete the file and run again"
+            f"waited {LOCK_TIMEOUT:.0f} s for {lock.lock_file}: another adaptflow process holds "
+            "it. If none is running (`ps`), delete the file and run again"
         ) from None
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def user_uri() -> str | None:
