@@ -25,22 +25,29 @@ from bench.common import RESULTS
 REPO = RESULTS.parent.parent
 REFERENCES = REPO.parent / "shared" / "REFERENCES.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-CODE = ("src", "flows", "params.yaml")  # what decides a bench's numbers
+# what decides every bench's numbers (and its own module, below)
+CODE = ("src", "flows", "params.yaml", "pyproject.toml", "constraints.txt", "bench/common.py")
 
-# (result name pattern, title, the REFERENCES.md sections that go beside it)
+# (result name pattern, its bench module, title, the REFERENCES.md sections beside it)
 BENCHES = (
-    ("pretrain", "Greedy layer-wise pretraining", ("Greedy layer-wise pretraining",)),
-    ("transfer", "Transfer: feature extraction vs fine-tuning", ()),
+    (
+        "pretrain",
+        "pretrain_sweep",
+        "Greedy layer-wise pretraining",
+        ("Greedy layer-wise pretraining",),
+    ),
+    ("transfer", "transfer_sweep", "Transfer: feature extraction vs fine-tuning", ()),
     (
         "da*",
+        "da_sweep",
         "Domain adaptation",
         ("Domain adaptation, digits", "A peer library measured here", "Embedded pairs"),
     ),
-    ("gan", "GANs", ("GAN",)),
-    ("seq", "Sequence models", ("MNIST-1D",)),
-    ("ae", "Autoencoders", ("Autoencoders / VAE",)),
-    ("trainer", "Trainer efficiency", ()),
-    ("pipeline", "Orchestration overhead, cache, memory, scaling", ()),
+    ("gan", "gan_sweep", "GANs", ("GAN",)),
+    ("seq", "seq_sweep", "Sequence models", ("MNIST-1D",)),
+    ("ae", "ae_sweep", "Autoencoders", ("Autoencoders / VAE",)),
+    ("trainer", "trainer_overhead", "Trainer efficiency", ()),
+    ("pipeline", "pipeline_overhead", "Orchestration overhead, cache, memory, scaling", ()),
 )
 HEADER = re.compile(
     r"<!-- bench: (?P<name>[^;]+); commit: (?P<commit>[^;]+); date: (?P<date>[^>]+?) -->"
@@ -60,27 +67,32 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
 
 
-def freshness(commit: str) -> str:
-    """ "current" when the commit's code equals the checkout's, else why not."""
+def freshness(commit: str, module: str) -> str:
+    """'current' when the code behind a result (CODE and bench/<module>.py) is the same at its
+    commit as in the checkout, else why not."""
     sha = commit.split()[0]
+    code = [*CODE, f"bench/{module}.py"]
     if "uncommitted" in commit:
         return "measured with uncommitted changes"
     if _git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
         return f"commit {sha} is not in this repository"
-    if _git("diff", "--quiet", sha, "HEAD", "--", *CODE).returncode != 0:
-        return f"stale: {', '.join(CODE)} changed since {sha}"
-    if _git("diff", "--quiet", "HEAD", "--", *CODE).returncode != 0:
+    changed = _git("diff", "--name-only", sha, "HEAD", "--", *code).stdout.split()
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        return f"stale: {', '.join(changed[:3])}{more} changed since {sha}"
+    if _git("diff", "--quiet", "HEAD", "--", *code).returncode != 0:
         return "stale: the checkout has uncommitted changes to the code"
     return "current"
 
 
-def read_result(path: Path) -> Result:
+def read_result(path: Path, module: str) -> Result:
     text = path.read_text()
     m = HEADER.search(text)
     if m is None:
         raise SystemExit(f"{path}: no bench header (written by bench.common.save_result?)")
     body = text[m.end() :].strip()
-    return Result(m["name"], m["commit"].strip(), m["date"].strip(), body, freshness(m["commit"]))
+    state = freshness(m["commit"], module)
+    return Result(m["name"], m["commit"].strip(), m["date"].strip(), body, state)
 
 
 def demote(markdown: str, levels: int = 3) -> str:
@@ -105,7 +117,7 @@ def references(titles: tuple[str, ...]) -> str | None:
     if not titles:
         return None
     if not REFERENCES.is_file():
-        return f"({REFERENCES} is absent: the published numbers are not beside this checkout)"
+        return "(../shared/REFERENCES.md is absent beside this checkout: no published numbers)"
     sections = re.split(r"(?m)^## ", REFERENCES.read_text())[1:]
     picked = [s for s in sections if s.startswith(titles)]
     return "\n\n".join("##### " + s.strip() for s in picked) or None
@@ -124,7 +136,7 @@ def report(base: str) -> str:
         "|---|---|---|---|",
     ]
     sections = []
-    for pattern, title, refs in BENCHES:
+    for pattern, module, title, refs in BENCHES:
         paths = sorted(RESULTS.glob(f"{pattern}.md"))
         name = pattern.rstrip("*")
         if not paths:
@@ -132,11 +144,11 @@ def report(base: str) -> str:
             continue
         parts = []
         for path in paths:
-            r = read_result(path)
+            r = read_result(path, module)
             label = title if r.name == name else f"{title} ({r.name})"
             lines.append(f"| {label} | {r.date} | {r.commit} | {r.state} |")
-            state = "" if r.state == "current" else f"\n\n**{r.state}.**"
-            parts.append(f"{relink(demote(r.body), base)}{state}")
+            warn = "" if r.state == "current" else f"**Not this code's numbers: {r.state}.**\n\n"
+            parts.append(warn + relink(demote(r.body), base))
         ref = references(refs)
         beside = f"\n\n**Published and peer numbers**\n\n{ref}" if ref else ""
         sections.append(f"### {title}\n\n" + "\n\n".join(parts) + beside)

@@ -89,7 +89,11 @@ def bench_stage(doc: str, stage: str, report: str, argv: list[str] | None) -> No
 def canonical(args, profile: str = "bench") -> bool:
     """A bench run as `make bench-<name>` runs it (its profile, no --set): the one whose
     numbers go to bench/results/ and the README."""
-    return not args.overrides and getattr(args, "profile", profile) == profile
+    return (
+        not args.overrides
+        and args.params == "params.yaml"
+        and getattr(args, "profile", profile) == profile
+    )
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

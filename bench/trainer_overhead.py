@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     Console(width=140).print(table)
     seconds = time.perf_counter() - t0
     print(f"wall time {seconds:.0f} s; progress bar {'on' if args.progress else 'off'}")
-    if argv is None:  # `make bench-trainer`, not a test calling main([...])
+    if vars(args) == vars(parser.parse_args([])):  # `make bench-trainer` as it is
         from bench.common import markdown_table, save_result
 
         print(f"written: {save_result('trainer', markdown_table(table), seconds)}")

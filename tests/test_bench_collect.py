@@ -3,6 +3,8 @@ and whether it is current, stale or missing."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from bench import collect, common
 
@@ -28,7 +30,8 @@ def test_results_are_collected_with_their_commit_state_and_references(results, t
     assert text.startswith("intro\n") and text.endswith(f"{collect.END}\nrest\n")
     assert "old text" not in text
     row = next(line for line in text.splitlines() if line.startswith("| Trainer efficiency |"))
-    assert row.endswith(f"| {common.commit()} | {collect.freshness(common.commit())} |"), row
+    state = collect.freshness(common.commit(), "trainer_overhead")
+    assert row.endswith(f"| {common.commit()} | {state} |"), row
     assert "| Sequence models | 2026-01-01 00:00 UTC | 0000000 | commit 0000000 is not in" in text
     assert "| Autoencoders | not yet | – | run `make bench-ae` |" in text
     assert "| Domain adaptation (da-syn2mnist) |" in text and "syn2mnist numbers" in text
@@ -55,3 +58,43 @@ def test_a_result_without_its_header_or_a_readme_without_markers_is_refused(resu
 def test_headings_are_nested_but_not_inside_code():
     text = "# Title\n```\n# a comment\n```\n## Sub"
     assert collect.demote(text) == "#### Title\n```\n# a comment\n```\n##### Sub"
+
+
+def test_a_result_is_current_only_while_the_code_behind_it_is_unchanged(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "bench").mkdir()
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    def commit(path: str, text: str) -> str:
+        (repo / path).write_text(text)
+        git("add", "-A")
+        git("commit", "-qm", path)
+        return git("rev-parse", "--short", "HEAD")
+
+    git("init", "-q")
+    (repo / "bench" / "y_sweep.py").write_text("y")
+    first = commit("src/a.py", "a = 1\n")
+    commit("README.md", "words")  # not code
+    monkeypatch.setattr(collect, "REPO", repo)
+    assert collect.freshness(first, "x_sweep") == "current"
+    commit("bench/x_sweep.py", "x = 2\n")  # the bench's own module
+    assert collect.freshness(first, "x_sweep") == f"stale: bench/x_sweep.py changed since {first}"
+    assert collect.freshness(first, "y_sweep") == "current"  # another bench's module
+    head = commit("bench/common.py", "shared = 1\n")
+    assert collect.freshness(first, "y_sweep").startswith("stale: bench/common.py changed")
+    (repo / "src" / "a.py").write_text("a = 2\n")
+    assert (
+        collect.freshness(head, "y_sweep")
+        == "stale: the checkout has uncommitted changes to the code"
+    )
+    assert collect.freshness(f"{head} + uncommitted changes", "y_sweep").startswith("measured with")
+    assert collect.freshness("0000000", "y_sweep") == "commit 0000000 is not in this repository"
