@@ -25,29 +25,30 @@ from bench.common import RESULTS
 REPO = RESULTS.parent.parent
 REFERENCES = REPO.parent / "shared" / "REFERENCES.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-# what decides every bench's numbers (and its own module, below)
-CODE = ("src", "flows", "params.yaml", "pyproject.toml", "constraints.txt", "bench/common.py")
+# what decides every bench's numbers (with the bench modules it runs, below)
+CODE = ("src", "flows", "params.yaml", "pyproject.toml", "constraints.txt")
+STAGE = "common"  # bench/common.py runs the stage benches' stages (run_stage, bench_params)
 
-# (result name pattern, its bench module, title, the REFERENCES.md sections beside it)
+# (result name pattern, the bench modules its numbers come from, title, REFERENCES.md sections)
 BENCHES = (
     (
         "pretrain",
-        "pretrain_sweep",
+        ("pretrain_sweep", STAGE),
         "Greedy layer-wise pretraining",
         ("Greedy layer-wise pretraining",),
     ),
-    ("transfer", "transfer_sweep", "Transfer: feature extraction vs fine-tuning", ()),
+    ("transfer", ("transfer_sweep", STAGE), "Transfer: feature extraction vs fine-tuning", ()),
     (
         "da*",
-        "da_sweep",
+        ("da_sweep", STAGE),
         "Domain adaptation",
         ("Domain adaptation, digits", "A peer library measured here", "Embedded pairs"),
     ),
-    ("gan", "gan_sweep", "GANs", ("GAN",)),
-    ("seq", "seq_sweep", "Sequence models", ("MNIST-1D",)),
-    ("ae", "ae_sweep", "Autoencoders", ("Autoencoders / VAE",)),
-    ("trainer", "trainer_overhead", "Trainer efficiency", ()),
-    ("pipeline", "pipeline_overhead", "Orchestration overhead, cache, memory, scaling", ()),
+    ("gan", ("gan_sweep", STAGE), "GANs", ("GAN",)),
+    ("seq", ("seq_sweep", STAGE), "Sequence models", ("MNIST-1D",)),
+    ("ae", ("ae_sweep", STAGE), "Autoencoders", ("Autoencoders / VAE",)),
+    ("trainer", ("trainer_overhead",), "Trainer efficiency", ()),
+    ("pipeline", ("pipeline_overhead",), "Orchestration overhead, cache, memory, scaling", ()),
 )
 HEADER = re.compile(
     r"<!-- bench: (?P<name>[^;]+); commit: (?P<commit>[^;]+); date: (?P<date>[^>]+?) -->"
@@ -67,11 +68,11 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
 
 
-def freshness(commit: str, module: str) -> str:
-    """'current' when the code behind a result (CODE and bench/<module>.py) is the same at its
-    commit as in the checkout, else why not."""
+def freshness(commit: str, modules: tuple[str, ...]) -> str:
+    """'current' when the code behind a result (CODE and bench/<module>.py of `modules`) is the
+    same at its commit as in the checkout, else why not."""
     sha = commit.split()[0]
-    code = [*CODE, f"bench/{module}.py"]
+    code = [*CODE, *(f"bench/{m}.py" for m in modules)]
     if "uncommitted" in commit:
         return "measured with uncommitted changes"
     if _git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
@@ -85,13 +86,13 @@ def freshness(commit: str, module: str) -> str:
     return "current"
 
 
-def read_result(path: Path, module: str) -> Result:
+def read_result(path: Path, modules: tuple[str, ...]) -> Result:
     text = path.read_text()
     m = HEADER.search(text)
     if m is None:
         raise SystemExit(f"{path}: no bench header (written by bench.common.save_result?)")
     body = text[m.end() :].strip()
-    state = freshness(m["commit"], module)
+    state = freshness(m["commit"], modules)
     return Result(m["name"], m["commit"].strip(), m["date"].strip(), body, state)
 
 
@@ -136,7 +137,7 @@ def report(base: str) -> str:
         "|---|---|---|---|",
     ]
     sections = []
-    for pattern, module, title, refs in BENCHES:
+    for pattern, modules, title, refs in BENCHES:
         paths = sorted(RESULTS.glob(f"{pattern}.md"))
         name = pattern.rstrip("*")
         if not paths:
@@ -144,7 +145,7 @@ def report(base: str) -> str:
             continue
         parts = []
         for path in paths:
-            r = read_result(path, module)
+            r = read_result(path, modules)
             label = title if r.name == name else f"{title} ({r.name})"
             lines.append(f"| {label} | {r.date} | {r.commit} | {r.state} |")
             warn = "" if r.state == "current" else f"**Not this code's numbers: {r.state}.**\n\n"

@@ -97,6 +97,7 @@ def canonical(args, profile: str = "bench") -> bool:
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
+NOT_CODE = (":(exclude)bench/results",)  # the results themselves are not the code behind them
 
 
 def commit() -> str:
@@ -109,7 +110,7 @@ def commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "src", "flows", "bench", "params.yaml"],
+            ["git", "status", "--porcelain", "src", "flows", "bench", "params.yaml", *NOT_CODE],
             cwd=root,
             capture_output=True,
             text=True,

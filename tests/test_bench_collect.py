@@ -30,7 +30,7 @@ def test_results_are_collected_with_their_commit_state_and_references(results, t
     assert text.startswith("intro\n") and text.endswith(f"{collect.END}\nrest\n")
     assert "old text" not in text
     row = next(line for line in text.splitlines() if line.startswith("| Trainer efficiency |"))
-    state = collect.freshness(common.commit(), "trainer_overhead")
+    state = collect.freshness(common.commit(), ("trainer_overhead",))
     assert row.endswith(f"| {common.commit()} | {state} |"), row
     assert "| Sequence models | 2026-01-01 00:00 UTC | 0000000 | commit 0000000 is not in" in text
     assert "| Autoencoders | not yet | – | run `make bench-ae` |" in text
@@ -85,16 +85,19 @@ def test_a_result_is_current_only_while_the_code_behind_it_is_unchanged(tmp_path
     first = commit("src/a.py", "a = 1\n")
     commit("README.md", "words")  # not code
     monkeypatch.setattr(collect, "REPO", repo)
-    assert collect.freshness(first, "x_sweep") == "current"
+    x, y = ("x_sweep", "common"), ("y_sweep",)
+    assert collect.freshness(first, x) == "current"
     commit("bench/x_sweep.py", "x = 2\n")  # the bench's own module
-    assert collect.freshness(first, "x_sweep") == f"stale: bench/x_sweep.py changed since {first}"
-    assert collect.freshness(first, "y_sweep") == "current"  # another bench's module
+    assert collect.freshness(first, x) == f"stale: bench/x_sweep.py changed since {first}"
+    assert collect.freshness(first, y) == "current"  # another bench's module
     head = commit("bench/common.py", "shared = 1\n")
-    assert collect.freshness(first, "y_sweep").startswith("stale: bench/common.py changed")
-    (repo / "src" / "a.py").write_text("a = 2\n")
-    assert (
-        collect.freshness(head, "y_sweep")
-        == "stale: the checkout has uncommitted changes to the code"
-    )
-    assert collect.freshness(f"{head} + uncommitted changes", "y_sweep").startswith("measured with")
-    assert collect.freshness("0000000", "y_sweep") == "commit 0000000 is not in this repository"
+    assert collect.freshness(first, x).startswith("stale: bench/common.py, bench/x_sweep.py")
+    assert collect.freshness(first, y) == "current"  # y does not run bench/common.py
+    commit("src/a.py", "a = 3\n")
+    assert collect.freshness(head, y) == f"stale: src/a.py changed since {head}"
+    (repo / "params.yaml").write_text("changed: true\n")
+    git("add", "params.yaml")
+    now = git("rev-parse", "--short", "HEAD")
+    assert collect.freshness(now, y) == "stale: the checkout has uncommitted changes to the code"
+    assert collect.freshness(f"{now} + uncommitted changes", y).startswith("measured with")
+    assert collect.freshness("0000000", y) == "commit 0000000 is not in this repository"
