@@ -96,14 +96,20 @@ def read_result(path: Path, modules: tuple[str, ...]) -> Result:
     return Result(m["name"], m["commit"].strip(), m["date"].strip(), body, state)
 
 
-def demote(markdown: str, levels: int = 3) -> str:
-    """Headings `#` → `####` (the report nests each bench under its own heading)."""
+def demote(markdown: str, top: int = 4) -> str:
+    """Shift the headings so the body's highest becomes level `top` (at most 6): the report
+    nests each result under its bench's own heading. Lines in code fences are left alone."""
+    lines, fenced, levels = markdown.splitlines(), False, []
+    for line in lines:
+        fenced = not fenced if line.startswith("```") else fenced
+        if not fenced and (m := re.match(r"(#{1,6}) ", line)):
+            levels.append(len(m[1]))
+    shift = top - min(levels) if levels else 0
     out, fenced = [], False
-    for line in markdown.splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-        if not fenced and re.match(r"#{1,6} ", line):
-            line = "#" * levels + line
+    for line in lines:
+        fenced = not fenced if line.startswith("```") else fenced
+        if not fenced and (m := re.match(r"(#{1,6}) ", line)):
+            line = "#" * min(6, len(m[1]) + shift) + line[len(m[1]) :]
         out.append(line)
     return "\n".join(out)
 

@@ -56,8 +56,9 @@ def test_a_result_without_its_header_or_a_readme_without_markers_is_refused(resu
 
 
 def test_headings_are_nested_but_not_inside_code():
-    text = "# Title\n```\n# a comment\n```\n## Sub"
-    assert collect.demote(text) == "#### Title\n```\n# a comment\n```\n##### Sub"
+    text = "# Title\n```\n# a comment\n```\n## Sub\n##### Deep"
+    assert collect.demote(text) == "#### Title\n```\n# a comment\n```\n##### Sub\n###### Deep"
+    assert collect.demote("#### Already\n##### Sub") == "#### Already\n##### Sub"
 
 
 def test_a_result_is_current_only_while_the_code_behind_it_is_unchanged(tmp_path, monkeypatch):
