@@ -23,8 +23,9 @@ after another (never two at once on the 2 cores):
 - ratio = pipeline process wall ÷ bare (goal ≤ 1.10 on the default profile).
 - cache: the same `adaptflow run` again (no --force) ÷ the cold run (goal ≤ 0.05).
 - memory: peak RSS of the pipeline process (and of its largest child, Prefect's server).
-- scaling (smoke sizes, stage `pretrain`): wall vs training-set size 1×/2×/4× and vs the
-  number of sweep runs (seeds) 1/4/16, pipeline and plain loop; the per-run overhead is the
+- scaling (stage `pretrain`): wall vs training-set size 1×/2×/4× (800 images at 1×, the
+  default encoder and epochs) and vs the number of sweep runs (seeds) 1/4/16 at smoke
+  sizes, pipeline and plain loop; the per-run overhead is the
   slope of (pipeline − bare) over runs (goal < 1 s). A plot goes to bench/results/scaling.png.
 
 The tables go to stdout and to bench/results/pipeline.md (with the date and commit; the README's
@@ -55,7 +56,15 @@ RATIO_GOAL, CACHE_GOAL, PER_RUN_GOAL, RSS_GOAL_GIB = 1.10, 0.05, 1.0, 4.0
 PARTS = ("imports", "prefect start", "tracking", "model logging", "plots", "rest")
 SCALE_DATA = (1, 2, 4)
 SCALE_RUNS = (1, 4, 16)
-SCALE_BASE = 600  # smoke's pretrain.max_train
+SCALE_BASE = 800  # training images at 1× (the split has 3,600 outside the monitor images)
+# the data axis: smoke's pretrain with the default encoder and more epochs, one seed, so the
+# computation (not the fixed start-up) grows with the data
+SCALE_DATA_SET = (
+    "pretrain.layers=[500,250,100]",
+    "pretrain.pretrain.epochs=20",
+    "pretrain.epochs=30",
+    "pretrain.seeds=[0]",
+)
 # adaptflow.tracking.runs' functions that do tracking work beside their MlflowClient calls
 TRACKING_HELPERS = (
     "log_params",
@@ -371,12 +380,12 @@ def overhead_table(r: dict) -> str:
 
 
 def scaling() -> dict:
-    """Stage pretrain at smoke sizes: wall vs data size and vs sweep runs, pipeline and loop."""
+    """Stage pretrain: wall vs data size (SCALE_DATA_SET) and vs sweep runs (smoke sizes),
+    pipeline and loop."""
     data = f"data.prepared_dir={_prepared_dir()}"
     base = ["profile=smoke", data, *BENCH_NAMES]
     cases = [
-        ("data", k, [f"pretrain.max_train={SCALE_BASE * k}", "pretrain.seeds=[0]"])
-        for k in SCALE_DATA
+        ("data", k, [f"pretrain.max_train={SCALE_BASE * k}", *SCALE_DATA_SET]) for k in SCALE_DATA
     ]
     cases += [("runs", k, [f"pretrain.seeds=[{','.join(map(str, range(k)))}]"]) for k in SCALE_RUNS]
     rows = []
@@ -407,7 +416,9 @@ def scaling_table(s: dict) -> tuple[str, float]:
     runs = [r for r in rows if r["axis"] == "runs"]
     per_run, fixed = _fit([r["k"] for r in runs], [r["pipeline"] - r["bare"] for r in runs])
     lines = [
-        f"Stage `pretrain`, smoke sizes. Per-run overhead (slope of pipeline − bare over sweep "
+        f"Stage `pretrain`. Data axis: {SCALE_BASE} training images at 1×, "
+        f"`{' '.join(SCALE_DATA_SET)}`; runs axis: smoke sizes. "
+        f"Per-run overhead (slope of pipeline − bare over sweep "
         f"runs; a run = one seed's sweep unit: a Prefect task and its MLflow runs: pretraining, "
         f"2 label fractions × 2 arms) = **{per_run:.2f} s** (goal < {PER_RUN_GOAL:.0f} s); "
         f"fixed overhead "
@@ -442,7 +453,10 @@ def scaling_plot(s: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, axis, xlabel in zip(
-        axes, ("data", "runs"), ("training images (× 600)", "sweep runs (seeds)"), strict=True
+        axes,
+        ("data", "runs"),
+        (f"training images (× {SCALE_BASE})", "sweep runs (seeds)"),
+        strict=True,
     ):
         sel = [r for r in s["rows"] if r["axis"] == axis]
         xs = [r["k"] for r in sel]

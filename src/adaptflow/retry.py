@@ -116,11 +116,20 @@ CALL_ATTEMPTS = 5
 CALL_FIRST_DELAY = 0.5
 
 
-def per_call(fn: Callable[P, R]) -> Callable[P, R]:
+def per_call(
+    fn: Callable[P, R] | None = None, *, recover: Callable[P, R | None] | None = None
+) -> Callable[P, R]:
     """Retry one tracking/registry call on a transient error (`is_transient`: e.g. `database is
     locked` when two pipelines share one sqlite store), so a busy moment costs a wait, not the
     stage. Only for calls that are safe to repeat: a refused write was rolled back whole (MLflow
-    commits a session at its end), and what a partly done call wrote is rewritten the same."""
+    commits a session at its end), and what a partly done call wrote is rewritten the same.
+
+    `recover(*args, **kwargs)`, for a call that may have taken effect before it was refused
+    (e.g. a registration: a second try would make a second version), is asked after each wait
+    and before the next try: what it returns (not None) is the call's result; an error in it
+    counts as "not done". Use as `@per_call` or `@per_call(recover=...)`."""
+    if fn is None:
+        return functools.partial(per_call, recover=recover)  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -140,6 +149,13 @@ def per_call(fn: Callable[P, R]) -> Callable[P, R]:
                     CALL_ATTEMPTS - 1,
                 )
                 time.sleep(delay)
+                if recover is not None:
+                    try:
+                        done = recover(*args, **kwargs)
+                    except Exception:  # still busy: try the call again
+                        done = None
+                    if done is not None:
+                        return done
         raise AssertionError("unreachable")  # pragma: no cover
 
     return wrapper

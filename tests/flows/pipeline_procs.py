@@ -30,6 +30,18 @@ def start(project, prepared, *args: str, env: dict[str, str] | None = None) -> s
     )
 
 
+def prefect_servers_of(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The temporary Prefect server(s) the pipeline `proc` started."""
+    found = []
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if "prefect.server.api.server" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def client_of(project):
     """A client of `project`'s local store (it need not exist yet)."""
     from mlflow.tracking import MlflowClient

@@ -8,8 +8,15 @@ import signal
 import time
 
 import pytest
+from flows.pipeline import SERVER_NICE
 
-from tests.flows.pipeline_procs import client_of, read_everything_back, start, stop_tree
+from tests.flows.pipeline_procs import (
+    client_of,
+    prefect_servers_of,
+    read_everything_back,
+    start,
+    stop_tree,
+)
 
 STAGES = ["--stage", "ae", "--stage", "pretrain"]
 # smoke's pretrain units last about a second: long enough units that the poll below cannot miss
@@ -47,6 +54,9 @@ def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
     first = start(project, prepared_mnist, *STAGES, *LONGER)
     try:
         _wait_for_training_in(client, "pretrain", first)
+        # mid-training, Prefect's temporary server runs niced (it would slow the training)
+        servers = prefect_servers_of(first)
+        assert servers and {s.nice() for s in servers} == {SERVER_NICE}, servers
     except BaseException:
         stop_tree(first, signal.SIGKILL)
         raise

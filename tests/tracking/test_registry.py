@@ -269,7 +269,6 @@ def test_a_registration_refused_after_it_committed_is_not_registered_twice(proje
     from adaptflow import retry
 
     monkeypatch.setattr(retry.time, "sleep", lambda s: None)
-    monkeypatch.setattr(models.time, "sleep", lambda s: None)
     real = mlflow.register_model
     calls = []
 

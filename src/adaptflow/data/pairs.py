@@ -45,8 +45,13 @@ def conform(split: Split, side: int, channels: int) -> Split:
 
 def label_values(split: Split) -> list:
     """The original label of each code: meta["label_values"], else code k stands for k."""
-    values = split.meta.get("label_values")
-    return list(range(split.num_classes)) if values is None else list(values)
+    return label_values_of(split.meta, split.num_classes)
+
+
+def label_values_of(meta: dict, num_classes: int) -> list:
+    """label_values from a dataset's meta (a Split's, or a manifest's before any loading)."""
+    values = meta.get("label_values")
+    return list(range(num_classes)) if values is None else list(values)
 
 
 def _shift(values_s: list, values_t: list) -> int | None:

@@ -221,23 +221,21 @@ def _check_da(params: Params) -> None:
     would find only after loading both datasets. A source `prepare` skipped (the shared files
     absent) is the stage's to skip with its reason, not an error here."""
     from adaptflow.data import DataError
-    from adaptflow.data.pairs import check_same_classes
+    from adaptflow.data.pairs import check_same_classes, label_values_of
     from adaptflow.data.prepare import SkippedSource
 
     for label, pc in params.da.pairs.items():
         try:
-            source, target = (_label_values(_manifest(params, n)) for n in (pc.source, pc.target))
+            source, target = (
+                label_values_of(m.get("meta", {}), m["num_classes"])
+                for m in (_manifest(params, n) for n in (pc.source, pc.target))
+            )
         except SkippedSource:
             continue
         try:
             check_same_classes(source, target)
         except DataError as e:
             raise _error(f"da.pairs.{label} ({pc.source} -> {pc.target}): {e}") from None
-
-
-def _label_values(manifest: dict) -> list:
-    values = manifest.get("meta", {}).get("label_values")
-    return list(range(manifest["num_classes"])) if values is None else list(values)
 
 
 def _check_seq(params: Params) -> None:

@@ -14,7 +14,6 @@ import importlib.metadata as md
 import logging
 import math
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,30 +272,19 @@ def register_gated(
     return Registration(version, gate.decision, tags["gate.reason"], holder)
 
 
+def _registered_already(client: MlflowClient, model_uri: str, name: str) -> str | None:
+    """The version of `name` registered from `model_uri`, if a refused call made one."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    done = [int(v.version) for v in versions if v.source == model_uri]
+    return str(max(done)) if done else None
+
+
+@per_call(recover=_registered_already)
 def _register_version(client: MlflowClient, model_uri: str, name: str) -> str:
     """mlflow.register_model, retried on a transient error without ever making a second
     version: it commits the version before its last write (the logged model's tags), so a
     refused call may have registered it already; that version is then the one."""
-    from adaptflow.retry import CALL_ATTEMPTS, CALL_FIRST_DELAY, is_transient
-
-    for attempt in range(CALL_ATTEMPTS):
-        try:
-            return str(mlflow.register_model(model_uri, name, await_registration_for=0).version)
-        except Exception as e:
-            if attempt == CALL_ATTEMPTS - 1 or not is_transient(e):
-                raise
-            time.sleep(CALL_FIRST_DELAY * 2**attempt)
-            try:
-                done = [
-                    v
-                    for v in client.search_model_versions(f"name = '{name}'")
-                    if v.source == model_uri
-                ]
-            except Exception:  # still busy: try registering again
-                done = []
-            if done:
-                return str(max(int(v.version) for v in done))
-    raise AssertionError("unreachable")  # pragma: no cover
+    return str(mlflow.register_model(model_uri, name, await_registration_for=0).version)
 
 
 def recheck(name: str, version: str, holder, client: MlflowClient | None = None) -> GateDecision:
