@@ -43,7 +43,8 @@ _starting = None  # the FileLock held from before the flow call until its body r
 # niceness of the temporary Prefect server: its work (recording task runs from events, writing
 # logs to its database) is deferrable, and at the same priority it takes CPU from the training
 # threads (on 2 cores, 100 task runs slowed the next 1.3 s of training to ~3 s; niced: ~1.5 s).
-# It still answers at once when the pipeline waits on it (the cores are then free).
+# It answers at once when the pipeline waits on it and the cores are then free; when other
+# processes keep both cores busy (a second pipeline, Dask workers) its answers take longer.
 SERVER_NICE = 10
 
 
@@ -102,20 +103,32 @@ def _started() -> None:
 
 
 def _nice_temporary_server() -> None:
-    """Lower the CPU priority of the temporary Prefect server this process started (if any)."""
+    """Lower the CPU priority of the temporary Prefect server this process started (if any):
+    every thread of it (on Linux a thread's nice is its own; the server's database threads
+    exist before this runs), else the process (elsewhere)."""
     import os
 
-    from prefect.server.api.server import SubprocessASGIServer
+    try:
+        from prefect.server.api.server import SubprocessASGIServer  # not public API: best effort
 
-    for server in list(SubprocessASGIServer._instances.values()):
+        servers = list(SubprocessASGIServer._instances.values())
+    except Exception as e:
+        log.debug("could not find Prefect's temporary server: %s", e)
+        return
+    for server in servers:
         proc = getattr(server, "server_process", None)
         if proc is None or proc.poll() is not None:
             continue
-        try:
-            now = os.getpriority(os.PRIO_PROCESS, proc.pid)
-            os.setpriority(os.PRIO_PROCESS, proc.pid, max(now, SERVER_NICE))
-        except OSError as e:  # never a reason to fail a run
-            log.debug("could not renice Prefect's server (pid %d): %s", proc.pid, e)
+        tasks = Path(f"/proc/{proc.pid}/task")
+        ids = [int(t) for t in os.listdir(tasks)] if tasks.is_dir() else [proc.pid]
+        for tid in ids:
+            try:
+                now = os.getpriority(os.PRIO_PROCESS, tid)
+                os.setpriority(os.PRIO_PROCESS, tid, max(now, SERVER_NICE))
+            except Exception as e:  # a thread that ended meanwhile; never a reason to fail a run
+                log.debug(
+                    "could not renice Prefect's server (pid %d, thread %d): %s", proc.pid, tid, e
+                )
 
 
 def metrics_path(root: str | Path, profile: str) -> Path:

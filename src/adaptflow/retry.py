@@ -126,8 +126,10 @@ def per_call(
 
     `recover(*args, **kwargs)`, for a call that may have taken effect before it was refused
     (e.g. a registration: a second try would make a second version), is asked after each wait
-    and before the next try: what it returns (not None) is the call's result; an error in it
-    counts as "not done". Use as `@per_call` or `@per_call(recover=...)`."""
+    and before the next try, and once more before giving up: what it returns (not None) is the
+    call's result; a transient error in it counts as "not done" (make `recover` a `per_call`
+    itself to wait that out), any other is raised. Use as `@per_call` or
+    `@per_call(recover=...)`."""
     if fn is None:
         return functools.partial(per_call, recover=recover)  # type: ignore[return-value]
 
@@ -137,25 +139,40 @@ def per_call(
             try:
                 return fn(*args, **kwargs)
             except Exception as e:
-                if attempt == CALL_ATTEMPTS - 1 or not is_transient(e):
+                if not is_transient(e):
                     raise
+                error = e
+            # outside the `except`: an error in `recover` must not chain to (and so be judged
+            # by) the refusal
+            last = attempt == CALL_ATTEMPTS - 1
+            if not last:
                 delay = CALL_FIRST_DELAY * 2**attempt
                 logging.getLogger(__name__).warning(
                     "%s: %s; retrying in %.1f s (%d/%d)",
                     fn.__qualname__,
-                    str(e).splitlines()[0][:200],
+                    str(error).splitlines()[0][:200],
                     delay,
                     attempt + 1,
                     CALL_ATTEMPTS - 1,
                 )
                 time.sleep(delay)
-                if recover is not None:
-                    try:
-                        done = recover(*args, **kwargs)
-                    except Exception:  # still busy: try the call again
-                        done = None
-                    if done is not None:
-                        return done
+            done = _recovered(recover, args, kwargs)
+            if done is not None:
+                return done
+            if last:
+                raise error
         raise AssertionError("unreachable")  # pragma: no cover
 
     return wrapper
+
+
+def _recovered(recover, args, kwargs):
+    """recover(*args, **kwargs), None when there is none or it is still refused (transient)."""
+    if recover is None:
+        return None
+    try:
+        return recover(*args, **kwargs)
+    except Exception as e:
+        if is_transient(e):  # still busy: the caller tries the call again (or gives up)
+            return None
+        raise

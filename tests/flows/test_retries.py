@@ -198,3 +198,42 @@ def test_one_call_gives_up_after_its_attempts_and_never_retries_a_real_error(mon
     with pytest.raises(sqlalchemy.exc.OperationalError, match="no such table"):
         retry.per_call(call)(1)
     assert len(calls) == 1
+
+
+def test_a_call_that_took_effect_before_its_refusal_is_recovered_not_repeated(monkeypatch):
+    """`recover` is asked after each wait and once more before giving up; a transient error in
+    it means "not done yet", any other error is raised."""
+    from adaptflow import retry
+
+    monkeypatch.setattr(retry.time, "sleep", lambda s: None)
+    done: list[int] = []
+
+    def registers_then_refused(x):  # what register_model does: commits, then a write refused
+        done.append(x)
+        raise db_error("database is locked")
+
+    asked = []
+
+    def found(x):
+        asked.append(x)
+        if len(asked) == 1:  # the lookup itself hits the busy store once
+            raise db_error("database is locked")
+        return done[-1] * 10 if done else None
+
+    assert retry.per_call(registers_then_refused, recover=found)(3) == 30
+    assert done == [3, 3] and asked == [3, 3]  # a 2nd try only because the 1st lookup was refused
+
+    # every try refused, the call never took effect: asked before giving up, then raised
+    asked.clear()
+    call, calls = _flaky([db_error("database is locked")] * 10)
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="locked"):
+        retry.per_call(call, recover=lambda x: asked.append(x))(1)
+    assert len(calls) == retry.CALL_ATTEMPTS and len(asked) == retry.CALL_ATTEMPTS
+
+    # a real error in the lookup is not swallowed
+    def broken(x):
+        raise ValueError("bad lookup")
+
+    call, calls = _flaky([db_error("database is locked")])
+    with pytest.raises(ValueError, match="bad lookup"):
+        retry.per_call(call, recover=broken)(1)

@@ -511,13 +511,11 @@ def _gate_locked(spec: StageSpec, params: Params, outcome: StageOutcome, candida
             else:
                 outcome.model_version = version
             _set_decision(outcome, runs, label, decision, reason)
-        now: dict[str | None, str | None] = {}  # label -> the version holding its alias now
         for i, (label, version, decision, holder) in enumerate(registered):
             if decision != CHAMPION:
                 continue
             held = champion(outcome.model_name, alias=alias_for(label))
-            now[label] = None if held is None else str(held.version)
-            if now[label] != holder:  # moved meanwhile
+            if (None if held is None else str(held.version)) != holder:  # moved meanwhile
                 gate = recheck(outcome.model_name, version, held)
                 registered[i] = (label, version, gate.decision, holder)
                 _set_decision(outcome, runs, label, gate.decision, gate.reason)
@@ -526,7 +524,10 @@ def _gate_locked(spec: StageSpec, params: Params, outcome: StageOutcome, candida
         for label, version, decision, _ in registered:  # the aliases last
             if decision == CHAMPION:
                 alias = alias_for(label)
-                moved.append((alias, now[label]))
+                # read again right before the move: with a tracking server (no shared lock)
+                # another client may have moved it since; a restore must put back that one
+                held = champion(outcome.model_name, alias=alias)
+                moved.append((alias, None if held is None else str(held.version)))
                 set_champion(outcome.model_name, version, alias=alias)
     except BaseException as e:
         # the run will end FAILED: its versions must not count as gated results later (the

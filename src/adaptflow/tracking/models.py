@@ -272,6 +272,7 @@ def register_gated(
     return Registration(version, gate.decision, tags["gate.reason"], holder)
 
 
+@per_call
 def _registered_already(client: MlflowClient, model_uri: str, name: str) -> str | None:
     """The version of `name` registered from `model_uri`, if a refused call made one."""
     versions = client.search_model_versions(f"name = '{name}'")
