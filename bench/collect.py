@@ -6,8 +6,9 @@ its `results:begin` / `results:end` markers).
     make bench-results        # collect only (what was measured, as it was measured)
     make bench-all            # run every benchmark, then collect
 
-Each result keeps the commit and date it was measured at. A result whose commit's `src/`,
-`flows/` or `params.yaml` differ from the checkout's is marked stale (re-run its bench); a
+Each result keeps the commit and date it was measured at. A result whose commit's code
+(bench.common.CODE: src, flows, params, pins; and the bench modules it runs) differs from the
+checkout's is marked stale (re-run its bench); a
 benchmark with no result yet is listed as not measured. Nothing is copied from elsewhere: the
 numbers are the files' own.
 """
@@ -20,13 +21,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import RESULTS
+from bench.common import CODE, RESULTS
 
 REPO = RESULTS.parent.parent
 REFERENCES = REPO.parent / "shared" / "REFERENCES.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-# what decides every bench's numbers (with the bench modules it runs, below)
-CODE = ("src", "flows", "params.yaml", "pyproject.toml", "constraints.txt")
 STAGE = "common"  # bench/common.py runs the stage benches' stages (run_stage, bench_params)
 
 # (result name pattern, the bench modules its numbers come from, title, REFERENCES.md sections)

@@ -97,11 +97,14 @@ def canonical(args, profile: str = "bench") -> bool:
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# what decides every bench's numbers, besides the bench modules it runs (bench/collect.py adds
+# those per bench); a result measured with any of these uncommitted is not a commit's result
+CODE = ("src", "flows", "params.yaml", "pyproject.toml", "constraints.txt")
 NOT_CODE = (":(exclude)bench/results",)  # the results themselves are not the code behind them
 
 
 def commit() -> str:
-    """The checkout's commit, "+ uncommitted changes" when src/flows/bench/params.yaml differ."""
+    """The checkout's commit, "+ uncommitted changes" when CODE or bench/ differ from it."""
     import subprocess
 
     root = RESULTS.parent.parent
@@ -110,7 +113,7 @@ def commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "src", "flows", "bench", "params.yaml", *NOT_CODE],
+            ["git", "status", "--porcelain", *CODE, "bench", *NOT_CODE],
             cwd=root,
             capture_output=True,
             text=True,

@@ -433,14 +433,15 @@ def scaling_table(s: dict) -> tuple[str, float]:
             f"| {r['axis']} | {what} | {r['pipeline']:.1f} | {r['loop']:.1f} | {r['bare']:.1f} "
             f"| {r['pipeline'] - r['bare']:.1f} |"
         )
-    for axis in ("data", "runs"):
+    for axis in ("data", "runs"):  # does the overhead (pipeline − bare) grow along the axis?
         sel = [r for r in rows if r["axis"] == axis]
-        slope, icept = _fit([r["k"] for r in sel], [r["pipeline"] for r in sel])
-        pred = [icept + slope * r["k"] for r in sel]
-        worst = max(abs(p - r["pipeline"]) / r["pipeline"] for p, r in zip(pred, sel, strict=True))
+        over = [r["pipeline"] - r["bare"] for r in sel]
+        slope, icept = _fit([r["k"] for r in sel], over)
+        resid = [o - (icept + slope * r["k"]) for o, r in zip(over, sel, strict=True)]
         lines.append(
-            f"\n- {axis}: pipeline ≈ {icept:.1f} + {slope:.2f}·× s; largest deviation from the "
-            f"line {100 * worst:.0f} %"
+            f"\n- {axis}: pipeline − bare ≈ {icept:.1f} {slope:+.2f}·× s (bare grows "
+            f"{_fit([r['k'] for r in sel], [r['bare'] for r in sel])[0]:.1f} s per ×); "
+            f"residuals {', '.join(f'{x:+.1f}' for x in resid)} s"
         )
     return "\n".join(lines), per_run
 

@@ -102,3 +102,25 @@ def test_a_result_is_current_only_while_the_code_behind_it_is_unchanged(tmp_path
     assert collect.freshness(now, y) == "stale: the checkout has uncommitted changes to the code"
     assert collect.freshness(f"{now} + uncommitted changes", y).startswith("measured with")
     assert collect.freshness("0000000", y) == "commit 0000000 is not in this repository"
+
+
+def test_a_result_measured_with_any_uncommitted_code_says_so(tmp_path, monkeypatch):
+    """common.commit() (what a result records) and collect (what judges it) read one CODE list:
+    an uncommitted pin is as much "uncommitted changes" as uncommitted src."""
+    repo = tmp_path / "repo"
+    (repo / "bench" / "results").mkdir(parents=True)
+    run = dict(cwd=repo, check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q"], **run)
+    for path in ("pyproject.toml", "constraints.txt", "bench/results/x.md", "README.md"):
+        (repo / path).write_text("v1\n")
+    subprocess.run(["git", "add", "-A"], **run)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], **run)
+    monkeypatch.setattr(common, "RESULTS", repo / "bench" / "results")
+    assert not common.commit().endswith("uncommitted changes")
+    (repo / "README.md").write_text("v2\n")  # not code
+    (repo / "bench" / "results" / "x.md").write_text("v2\n")  # a result, not code
+    assert not common.commit().endswith("uncommitted changes")
+    for path in ("pyproject.toml", "constraints.txt"):
+        (repo / path).write_text("v2\n")
+        assert common.commit().endswith(" + uncommitted changes"), path
+        (repo / path).write_text("v1\n")
