@@ -12,8 +12,10 @@ Cases: the MLP and conv autoencoders (the `ae` stage's nets and loss), the LeNet
 adaptation step (DANN: a source and a target batch per step) and a timm backbone fine-tuned
 (the transfer stages' resnet10t). The bare loop gathers each batch from the in-memory tensor
 with a pre-shuffled index (inside the timed loop, as any loop must) and calls the method's own
-`batch_losses` → backward → step; the trainer gets the data through the
-loaders the stages use (`array_loader`, `PairedLoader`) and does everything it does in a stage
+`update` with a bare step (its loss → zero_grad → backward → step): the same computation, e.g.
+DANN's gradient-reversal schedule, which counts the method's steps (until e525c69 the bare arm
+called `batch_losses`, so it trained DANN with a reversal weight of 0). The trainer gets the
+data through the loaders the stages use (`array_loader`, `PairedLoader`) and does everything it does in a stage
 (loss bookkeeping, NaN check every `log_every` steps, progress bar, epoch log) except
 validation, which the bare loop has no counterpart for. Arms alternate (bare first on even
 repeats) after one untimed warm-up epoch each; the table shows the median images/s and
@@ -28,6 +30,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,15 +147,28 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_bare(method, indices: list, take: Callable, lr: float) -> None:
-    method.to(DEVICE).train()
-    opt = torch.optim.Adam(method.parameters(), lr=lr)
-    for idx in indices:
-        batch = tuple(t.to(DEVICE, non_blocking=True) for t in take(idx))
-        loss = method.batch_losses(batch)["loss"]
-        opt.zero_grad(set_to_none=True)
+class BareStep:
+    """What a hand-written loop does where the trainer's StepContext is: no autocast, no scaler,
+    zero_grad → backward → step."""
+
+    autocast = staticmethod(nullcontext)
+
+    @staticmethod
+    def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        optimizer.step()
+
+
+def run_bare(method, indices: list, take: Callable, lr: float) -> None:
+    """The method's own `update` (its loss and what else a step of it does, e.g. DANN's GRL
+    schedule counting steps) with a bare step, over batches gathered by index."""
+    method.to(DEVICE).train()
+    method.optimizers = [torch.optim.Adam(method.parameters(), lr=lr)]
+    step = BareStep()
+    for idx in indices:
+        method.update(tuple(t.to(DEVICE, non_blocking=True) for t in take(idx)), step)
+    del method.optimizers
     _sync()
 
 

@@ -114,7 +114,9 @@ def test_a_result_measured_with_any_uncommitted_code_says_so(tmp_path, monkeypat
     for path in ("pyproject.toml", "constraints.txt", "bench/results/x.md", "README.md"):
         (repo / path).write_text("v1\n")
     subprocess.run(["git", "add", "-A"], **run)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], **run)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], **run
+    )
     monkeypatch.setattr(common, "RESULTS", repo / "bench" / "results")
     assert not common.commit().endswith("uncommitted changes")
     (repo / "README.md").write_text("v2\n")  # not code
