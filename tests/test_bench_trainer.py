@@ -8,7 +8,6 @@ import copy
 
 import pytest
 import torch
-
 from bench import trainer_overhead as bench
 
 
