@@ -80,7 +80,7 @@ def freshness(commit: str, modules: tuple[str, ...]) -> str:
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         return f"stale: {', '.join(changed[:3])}{more} changed since {sha}"
-    if _git("diff", "--quiet", "HEAD", "--", *code).returncode != 0:
+    if _git("status", "--porcelain", "--", *code).stdout.strip():  # untracked files too
         return "stale: the checkout has uncommitted changes to the code"
     return "current"
 

@@ -13,7 +13,7 @@ adaptation step (DANN: a source and a target batch per step) and a timm backbone
 (the transfer stages' resnet10t). The bare loop gathers each batch from the in-memory tensor
 with a pre-shuffled index (inside the timed loop, as any loop must) and calls the method's own
 `update` with a bare step (its loss → zero_grad → backward → step): the same computation, e.g.
-DANN's gradient-reversal schedule, which counts the method's steps (until e525c69 the bare arm
+DANN's gradient-reversal schedule, which counts the method's steps (before 314ae28 the bare arm
 called `batch_losses`, so it trained DANN with a reversal weight of 0). The trainer gets the
 data through the loaders the stages use (`array_loader`, `PairedLoader`) and does everything it does in a stage
 (loss bookkeeping, NaN check every `log_every` steps, progress bar, epoch log) except
@@ -177,7 +177,9 @@ def run_trainer(method, loader, lr: float, epochs: int, progress: bool) -> None:
 
     method.to(DEVICE)
     opt = torch.optim.Adam(method.parameters(), lr=lr)
-    trainer = Trainer(DEVICE, epochs, progress=progress, restore_best=False)
+    # AMP off: the bare step has no autocast or scaler, so on a GPU both arms run fp32 and the
+    # ratio is the trainer's own cost, not AMP's gain
+    trainer = Trainer(DEVICE, epochs, amp=False, progress=progress, restore_best=False)
     trainer.fit(method, loader, None, optimizers=[opt])
     _sync()
 

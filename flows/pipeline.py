@@ -119,8 +119,10 @@ def _nice_temporary_server() -> None:
         proc = getattr(server, "server_process", None)
         if proc is None or proc.poll() is not None:
             continue
-        tasks = Path(f"/proc/{proc.pid}/task")
-        ids = [int(t) for t in os.listdir(tasks)] if tasks.is_dir() else [proc.pid]
+        try:
+            ids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        except OSError:  # not Linux, or the server ended meanwhile
+            ids = [proc.pid]
         for tid in ids:
             try:
                 now = os.getpriority(os.PRIO_PROCESS, tid)

@@ -101,6 +101,11 @@ def test_a_result_is_current_only_while_the_code_behind_it_is_unchanged(tmp_path
     now = git("rev-parse", "--short", "HEAD")
     assert collect.freshness(now, y) == "stale: the checkout has uncommitted changes to the code"
     assert collect.freshness(f"{now} + uncommitted changes", y).startswith("measured with")
+    git("commit", "-qm", "params")
+    now = git("rev-parse", "--short", "HEAD")
+    assert collect.freshness(now, y) == "current"
+    (repo / "src" / "new.py").write_text("b = 1\n")  # untracked code counts too
+    assert collect.freshness(now, y) == "stale: the checkout has uncommitted changes to the code"
     assert collect.freshness("0000000", y) == "commit 0000000 is not in this repository"
 
 

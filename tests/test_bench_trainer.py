@@ -26,10 +26,13 @@ def test_the_bare_arm_and_the_trainer_compute_the_same_training(which, mnist):
     }[which]()
     indices = case.bare_index(torch.Generator().manual_seed(0))
     batches = [case.take(i) for i in indices]
-    torch.manual_seed(0)
     bare, trained = copy.deepcopy(case.method), copy.deepcopy(case.method)
+    torch.manual_seed(0)
     bench.run_bare(bare, indices, case.take, case.lr)
+    torch.manual_seed(0)
     bench.run_trainer(trained, batches, case.lr, epochs=1, progress=False)
+    if which == "dann":  # its gradient-reversal schedule counts the steps: both arms' count
+        assert bare.steps == trained.steps == len(indices)
     assert not hasattr(bare, "optimizers")  # the run's optimiser is not left on the model
     a, b = bare.state_dict(), trained.state_dict()
     changed = [

@@ -126,29 +126,32 @@ def per_call(
 
     `recover(*args, **kwargs)`, for a call that may have taken effect before it was refused
     (e.g. a registration: a second try would make a second version), is asked after each wait
-    and before the next try, and once more before giving up: what it returns (not None) is the
-    call's result; a transient error in it counts as "not done" (make `recover` a `per_call`
-    itself to wait that out), any other is raised. Use as `@per_call` or
-    `@per_call(recover=...)`."""
+    and once more before giving up: what it returns (not None) is the call's result; None means
+    "not done", and only then is the call tried again. A transient error in `recover` leaves it
+    unknown whether the call took effect, so the call is not repeated: the next wait ends in
+    `recover` again (and giving up raises the call's refusal); any other error is raised. Use
+    as `@per_call` or `@per_call(recover=...)`."""
     if fn is None:
         return functools.partial(per_call, recover=recover)  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        may_call = True  # False while it is unknown whether a refused call took effect
         for attempt in range(CALL_ATTEMPTS):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as e:
-                if not is_transient(e):
-                    raise
-                error = e
+            if may_call:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as e:
+                    if not is_transient(e):
+                        raise
+                    error = e
             # outside the `except`: an error in `recover` must not chain to (and so be judged
             # by) the refusal
             last = attempt == CALL_ATTEMPTS - 1
             if not last:
                 delay = CALL_FIRST_DELAY * 2**attempt
                 logging.getLogger(__name__).warning(
-                    "%s: %s; retrying in %.1f s (%d/%d)",
+                    "%s: %s; waiting %.1f s (%d/%d)",
                     fn.__qualname__,
                     str(error).splitlines()[0][:200],
                     delay,
@@ -156,23 +159,18 @@ def per_call(
                     CALL_ATTEMPTS - 1,
                 )
                 time.sleep(delay)
-            done = _recovered(recover, args, kwargs)
+            if recover is None:
+                continue
+            try:
+                done = recover(*args, **kwargs)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                may_call = False  # the lookup was refused too: never repeat the call blind
+                continue
             if done is not None:
                 return done
-            if last:
-                raise error
-        raise AssertionError("unreachable")  # pragma: no cover
+            may_call = True
+        raise error
 
     return wrapper
-
-
-def _recovered(recover, args, kwargs):
-    """recover(*args, **kwargs), None when there is none or it is still refused (transient)."""
-    if recover is None:
-        return None
-    try:
-        return recover(*args, **kwargs)
-    except Exception as e:
-        if is_transient(e):  # still busy: the caller tries the call again (or gives up)
-            return None
-        raise

@@ -201,8 +201,9 @@ def test_one_call_gives_up_after_its_attempts_and_never_retries_a_real_error(mon
 
 
 def test_a_call_that_took_effect_before_its_refusal_is_recovered_not_repeated(monkeypatch):
-    """`recover` is asked after each wait and once more before giving up; a transient error in
-    it means "not done yet", any other error is raised."""
+    """`recover` is asked after each wait and once more before giving up; the call is tried
+    again only when `recover` said "not done"; while `recover` itself is refused the call is not
+    repeated (it may have taken effect); any other error in `recover` is raised."""
     from adaptflow import retry
 
     monkeypatch.setattr(retry.time, "sleep", lambda s: None)
@@ -221,7 +222,19 @@ def test_a_call_that_took_effect_before_its_refusal_is_recovered_not_repeated(mo
         return done[-1] * 10 if done else None
 
     assert retry.per_call(registers_then_refused, recover=found)(3) == 30
-    assert done == [3, 3] and asked == [3, 3]  # a 2nd try only because the 1st lookup was refused
+    assert done == [3] and asked == [3, 3]  # the refused lookup is asked again, not the call
+
+    # the lookup refused every time: the call is made once, then its refusal is raised
+    done.clear()
+    asked.clear()
+
+    def busy(x):
+        asked.append(x)
+        raise db_error("database is locked")
+
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="locked"):
+        retry.per_call(registers_then_refused, recover=busy)(3)
+    assert done == [3] and len(asked) == retry.CALL_ATTEMPTS
 
     # every try refused, the call never took effect: asked before giving up, then raised
     asked.clear()

@@ -511,24 +511,27 @@ def _gate_locked(spec: StageSpec, params: Params, outcome: StageOutcome, candida
             else:
                 outcome.model_version = version
             _set_decision(outcome, runs, label, decision, reason)
-        for i, (label, version, decision, holder) in enumerate(registered):
-            if decision != CHAMPION:
-                continue
-            held = champion(outcome.model_name, alias=alias_for(label))
-            if (None if held is None else str(held.version)) != holder:  # moved meanwhile
-                gate = recheck(outcome.model_name, version, held)
-                registered[i] = (label, version, gate.decision, holder)
-                _set_decision(outcome, runs, label, gate.decision, gate.reason)
         if outcome.models:
             runs.set_labelled_models(outcome.model_name, outcome.models)
-        for label, version, decision, _ in registered:  # the aliases last
-            if decision == CHAMPION:
-                alias = alias_for(label)
-                # read again right before the move: with a tracking server (no shared lock)
-                # another client may have moved it since; a restore must put back that one
-                held = champion(outcome.model_name, alias=alias)
-                moved.append((alias, None if held is None else str(held.version)))
-                set_champion(outcome.model_name, version, alias=alias)
+        for label, version, decision, holder in registered:  # the aliases last
+            if decision != CHAMPION:
+                continue
+            alias = alias_for(label)
+            # read again right before the move: with a tracking server (no shared lock, and
+            # MLflow has no compare-and-set for aliases: a short window remains) another client
+            # may have moved it since; the version must still win against that one (decided
+            # again), and a restore puts back that one
+            held = champion(outcome.model_name, alias=alias)
+            now = None if held is None else str(held.version)
+            if now != holder:
+                gate = recheck(outcome.model_name, version, held)
+                _set_decision(outcome, runs, label, gate.decision, gate.reason)
+                if outcome.models:
+                    runs.set_labelled_models(outcome.model_name, outcome.models)
+                if gate.decision != CHAMPION:
+                    continue
+            moved.append((alias, now))
+            set_champion(outcome.model_name, version, alias=alias)
     except BaseException as e:
         # the run will end FAILED: its versions must not count as gated results later (the
         # no-alias comparison only reads champion/challenger decisions), and an alias already

@@ -129,13 +129,13 @@ def champion(name: str, client: MlflowClient | None = None, alias: str = CHAMPIO
     """
     client = client or MlflowClient()
     try:
-        model = client.get_registered_model(name)
+        model = per_call(client.get_registered_model)(name)  # reads: safe to repeat
     except MlflowException as e:
         if is_missing(e):
             return None
         raise
     version = model.aliases.get(alias)
-    return None if version is None else client.get_model_version(name, str(version))
+    return None if version is None else per_call(client.get_model_version)(name, str(version))
 
 
 @dataclass(frozen=True)
