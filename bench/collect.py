@@ -129,6 +129,15 @@ def references(titles: tuple[str, ...]) -> str | None:
     return "\n\n".join("##### " + s.strip() for s in picked) or None
 
 
+def _command(r: Result, name: str) -> str:
+    """The result's body, its first line naming the command that reruns it: a part of a bench
+    (`make bench-da PAIRS=a,b` saves da-a-b) is headed `make bench-da-a-b`, not a make target."""
+    if r.name == name:
+        return r.body
+    pairs = ",".join(r.name[len(name) + 1 :].split("-"))
+    return r.body.replace(f"`make bench-{r.name}`", f"`make bench-{name} PAIRS={pairs}`", 1)
+
+
 def report(base: str) -> str:
     head = _git("rev-parse", "--short", "HEAD").stdout.strip()
     lines = [
@@ -154,7 +163,7 @@ def report(base: str) -> str:
             label = title if r.name == name else f"{title} ({r.name})"
             lines.append(f"| {label} | {r.date} | {r.commit} | {r.state} |")
             warn = "" if r.state == "current" else f"**Not this code's numbers: {r.state}.**\n\n"
-            parts.append(warn + relink(demote(r.body), base))
+            parts.append(warn + relink(demote(_command(r, name)), base))
         ref = references(refs)
         beside = f"\n\n**Published and peer numbers**\n\n{ref}" if ref else ""
         sections.append(f"### {title}\n\n" + "\n\n".join(parts) + beside)

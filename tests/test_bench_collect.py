@@ -20,7 +20,7 @@ def results(tmp_path, monkeypatch):
 def test_results_are_collected_with_their_commit_state_and_references(results, tmp_path):
     common.save_result("trainer", "**table**\n\n| a | b |\n|---|---|\n| 1 | 2 |", 61.0)
     common.save_result("gan", "# GAN report\n\n![curve](curve.png)", 30.0)
-    common.save_result("da-syn2mnist", "# DA\n\nsyn2mnist numbers", 10.0)
+    common.save_result("da-syn2mnist-jda_m2u", "# DA\n\nsyn2mnist numbers", 10.0)
     stale = results / "seq.md"
     stale.write_text("<!-- bench: seq; commit: 0000000; date: 2026-01-01 00:00 UTC -->\nold\n")
     readme = tmp_path / "README.md"
@@ -34,7 +34,8 @@ def test_results_are_collected_with_their_commit_state_and_references(results, t
     assert row.endswith(f"| {common.commit()} | {state} |"), row
     assert "| Sequence models | 2026-01-01 00:00 UTC | 0000000 | commit 0000000 is not in" in text
     assert "| Autoencoders | not yet | – | run `make bench-ae` |" in text
-    assert "| Domain adaptation (da-syn2mnist) |" in text and "syn2mnist numbers" in text
+    assert "| Domain adaptation (da-syn2mnist-jda_m2u) |" in text and "syn2mnist numbers" in text
+    assert "`make bench-da PAIRS=syn2mnist,jda_m2u` on " in text  # the command that reruns it
     assert "#### GAN report" in text  # nested under the bench's own heading
     assert "![curve](bench/results/curve.png)" in text  # relative to the README
     assert "![curve](curve.png)" in (results / "REPORT.md").read_text()  # relative to itself
