@@ -8,9 +8,8 @@ its `results:begin` / `results:end` markers).
 
 Each result keeps the commit and date it was measured at. A result whose commit's code
 (bench.common.CODE: src, flows, params, pins; and the bench modules it runs) differs from the
-checkout's is marked stale (re-run its bench); a
-benchmark with no result yet is listed as not measured. Nothing is copied from elsewhere: the
-numbers are the files' own.
+checkout's is marked stale (re-run its bench); a benchmark with no result yet is listed as not
+measured. Nothing is copied from elsewhere: the numbers are the files' own.
 """
 
 from __future__ import annotations
