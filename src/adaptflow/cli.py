@@ -109,6 +109,8 @@ def run(
             outcomes = pipeline_flow(
                 str(params_path), list(overrides or []), ".", force, progress, chosen
             )
+        if interrupt.STOP.is_set():  # signalled, but the flow ran to its end: still a stop
+            raise interrupt.Interrupted(interrupt.reason())
     except DataError as e:
         err.print(f"[bold red]data error:[/] {e}")
         raise typer.Exit(1) from None
