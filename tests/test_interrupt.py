@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
+from prefect.exceptions import TerminationSignal
 from prefect.utilities.engine import capture_sigterm
 
 from adaptflow import interrupt
+
+
+@pytest.fixture(autouse=True)
+def unstopped():
+    """Each test starts and ends with no stop asked for, whatever it asserted."""
+    interrupt.STOP.clear()
+    yield
+    interrupt.STOP.clear()
 
 
 def _wait_for_the_signal(seconds: float = 5.0) -> None:
@@ -32,16 +43,24 @@ def _signal_inside_a_finalizer(sig: int) -> None:
     _SignalledWhileFinalized(sig)  # dropped at once: __del__ runs as a finalizer
 
 
-def test_sigterm_calls_on_stop_once_and_raises_then_restores_the_handlers():
-    before = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+def _dropped(e: BaseException) -> SimpleNamespace:
+    """What Python hands `sys.unraisablehook` for an exception a finalizer dropped."""
+    return SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=None, err_msg=None,
+                           object="a finalizer")  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_calls_on_stop_once_and_raises_then_everything_is_restored(sig):
+    before = signal.getsignal(sig), sys.unraisablehook
     calls = []
-    with pytest.raises(interrupt.Interrupted, match="SIGTERM"):
+    name = signal.Signals(sig).name
+    with pytest.raises(interrupt.Interrupted, match=name) as raised:
         with interrupt.handle_signals(calls.append):
-            signal.raise_signal(signal.SIGTERM)
-    assert calls == ["stopped by SIGTERM"]
+            signal.raise_signal(sig)
+    assert raised.value.signal == sig
+    assert calls == [f"stopped by {name}"]
     assert interrupt.STOP.is_set()
-    assert (signal.getsignal(signal.SIGTERM), sys.unraisablehook) == before
-    interrupt.STOP.clear()
+    assert (signal.getsignal(sig), sys.unraisablehook) == before
 
 
 @pytest.mark.parametrize("inside_prefect", [False, True], ids=["ours", "prefect-bridge"])
@@ -51,13 +70,53 @@ def test_a_signal_that_lands_in_a_finalizer_is_sent_again(inside_prefect, capsys
     calls = []
     with pytest.raises(interrupt.Interrupted, match="SIGTERM"):
         with interrupt.handle_signals(calls.append):
-            if inside_prefect:
-                with capture_sigterm():  # what a Prefect flow run has on SIGTERM
-                    _signal_inside_a_finalizer(signal.SIGTERM)
-                    _wait_for_the_signal()
-            else:
+            with capture_sigterm() if inside_prefect else contextlib.nullcontext():
                 _signal_inside_a_finalizer(signal.SIGTERM)
                 _wait_for_the_signal()
     assert calls == ["stopped by SIGTERM"]
     assert "inside a finalizer" in capsys.readouterr().err
-    interrupt.STOP.clear()
+
+
+def test_a_resend_never_outlives_the_context_but_its_stop_stands():
+    """The flow returns within the resend's delay: no signal after the context (it would meet
+    the default handler), and the stop is not lost either: STOP is set, on_stop called."""
+    calls, after = [], []
+    with interrupt.handle_signals(calls.append):
+        sys.unraisablehook(_dropped(TerminationSignal(signal=signal.SIGTERM)))
+    previous = signal.signal(signal.SIGTERM, lambda *a: after.append(a))
+    try:
+        time.sleep(5 * interrupt._Resender.DELAY)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert after == []
+    assert interrupt.STOP.is_set() and calls == ["stopped by SIGTERM"]
+
+
+def test_any_other_dropped_exception_goes_to_the_previous_hook(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    with interrupt.handle_signals(lambda why: None):
+        sys.unraisablehook(_dropped(ValueError("not a signal")))
+    assert [type(u.exc_value) for u in seen] == [ValueError]
+    assert not interrupt.STOP.is_set()
+
+
+def test_the_cli_exits_143_when_the_flow_ends_with_a_signal_still_pending(
+    project, prepared_mnist, monkeypatch
+):
+    """`adaptflow run` whose flow returns right after a SIGTERM was dropped: exit 143, not 0."""
+    import flows.pipeline
+    from typer.testing import CliRunner
+
+    from adaptflow.cli import app
+
+    def flow(*args):
+        sys.unraisablehook(_dropped(TerminationSignal(signal=signal.SIGTERM)))
+        return {}
+
+    monkeypatch.setattr(flows.pipeline, "pipeline_flow", flow)
+    monkeypatch.setattr(flows.pipeline, "ephemeral_prefect", contextlib.nullcontext)
+    args = ["run", "--stage", "ae", "--set", f"data.prepared_dir={prepared_mnist}"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 143, out.output
+    assert "stopped by SIGTERM" in " ".join(out.output.split())

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -111,22 +111,31 @@ def run(
             )
         if interrupt.STOP.is_set():  # signalled, but the flow ran to its end: still a stop
             raise interrupt.Interrupted(interrupt.reason())
-    except DataError as e:
-        err.print(f"[bold red]data error:[/] {e}")
-        raise typer.Exit(1) from None
-    except StagesFailed as e:
+    except (DataError, StagesFailed) as e:
+        if interrupt.STOP.is_set():  # a stage that failed because of the stop: a stop
+            _stopped()
+        if isinstance(e, DataError):
+            err.print(f"[bold red]data error:[/] {e}")
+            raise typer.Exit(1) from None
         _print_outcomes(e.outcomes, time.perf_counter() - t0, params.profile, e.failed)
         kind = "data error" if isinstance(e.__cause__, DataError) else "error"
         err.print(f"[bold red]{kind}:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
     except (interrupt.Interrupted, KeyboardInterrupt):
-        why = interrupt.reason() if interrupt.STOP.is_set() else "stopped by SIGINT"
-        err.print(
-            f"[bold red]{why}:[/] the runs it had open are ended KILLED; the stages that "
-            "finished are in the cache: run the same command again to resume"
-        )
-        raise typer.Exit(143 if "SIGTERM" in why else 130) from None
+        _stopped()
     _print_outcomes(outcomes, time.perf_counter() - t0, params.profile)
+
+
+def _stopped() -> NoReturn:
+    """Exit 143 (SIGTERM) or 130 (SIGINT) with what a stopped pipeline left behind."""
+    from adaptflow import interrupt
+
+    why = interrupt.reason() if interrupt.STOP.is_set() else "stopped by SIGINT"
+    err.print(
+        f"[bold red]{why}:[/] the runs it had open are ended KILLED; the stages that "
+        "finished are in the cache: run the same command again to resume"
+    )
+    raise typer.Exit(143 if "SIGTERM" in why else 130) from None
 
 
 def run_stage_main(stage: str) -> None:

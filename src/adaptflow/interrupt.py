@@ -12,7 +12,9 @@ and when that is a `__del__` or a weakref callback (SQLAlchemy has many), the ha
 (ours, or the `TerminationSignal` of the bridge Prefect installs during a flow run) is printed
 as "Exception ignored in ..." and dropped, so the process would go on as if never signalled
 (the CI of stop 25 saw a SIGTERMed pipeline finish with exit 0). While `handle_signals` is
-active, such a dropped exception sends the same signal again from outside the finalizer.
+active, such a dropped exception sends the same signal again from outside the finalizer. (A
+handler's exception that library code catches with `except BaseException` and does not re-raise
+is still lost; `STOP`, set before our handler raises, is then what ends the run.)
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ _reason: list[str] = []
 
 class Interrupted(BaseException):  # noqa: N818 — like KeyboardInterrupt: not an Exception
     """The process was asked to stop; raised where long work checks `STOP`."""
+
+    signal: int | None = None  # the signal, when raised by the handler itself
 
 
 def reason() -> str:
@@ -55,60 +59,103 @@ def check() -> None:
 
 def _signal_of(e: BaseException | None) -> int | None:
     """The signal a signal handler's exception stands for; None for any other exception."""
-    if isinstance(e, Interrupted):
-        return signal.SIGINT if "SIGINT" in str(e) else signal.SIGTERM
+    sig = getattr(e, "signal", None)  # ours (`stop`) and prefect.exceptions.TerminationSignal
+    if isinstance(e, Interrupted) or type(e).__name__ == "TerminationSignal":
+        return sig if isinstance(sig, int) else signal.SIGTERM
     if isinstance(e, KeyboardInterrupt):
         return signal.SIGINT
-    sig = getattr(e, "signal", None)  # prefect.exceptions.TerminationSignal
-    return sig if isinstance(sig, int) and type(e).__name__ == "TerminationSignal" else None
+    return None
 
 
-def _resend_dropped(previous: Callable) -> Callable:
-    """A `sys.unraisablehook`: a signal handler's exception dropped in a finalizer sends its
-    signal again, a moment later from another thread (by then the finalizer has returned);
-    any other exception goes to `previous`."""
+class _Resender:
+    """The `sys.unraisablehook` of `handle_signals`: a signal handler's exception dropped in a
+    finalizer sends its signal again, a moment later from another thread (by then the finalizer
+    has returned); any other exception goes to the previous hook. A resend never outlives the
+    context: `close()` cancels what is pending and returns the signals that were dropped and
+    not delivered again, for the context to act on."""
 
-    def hook(unraisable) -> None:
+    DELAY = 0.05  # seconds: the finalizer returns long before
+    LIMIT = 5  # resends per context, should every one land in a finalizer again
+
+    def __init__(self, previous: Callable):
+        self.previous = previous
+        self.lock = threading.Lock()
+        self.active = True
+        self.pending: dict[threading.Timer, int] = {}
+        self.sent = 0
+
+    def __call__(self, unraisable) -> None:
         sig = _signal_of(unraisable.exc_value)
         if sig is None:
-            previous(unraisable)
+            self.previous(unraisable)
             return
-        print(
-            f"adaptflow: {signal.Signals(sig).name} arrived inside a finalizer "
-            f"({unraisable.object!r}), which drops its exception: sending it again",
-            file=sys.stderr,
-        )
-        resend = threading.Timer(0.05, os.kill, (os.getpid(), sig))
-        resend.daemon = True
-        resend.start()
+        with self.lock:
+            if not self.active or self.sent >= self.LIMIT:
+                return
+            self.sent += 1
+            timer = threading.Timer(self.DELAY, self._send, (sig,))
+            timer.daemon = True
+            self.pending[timer] = sig
+            timer.start()
+        try:
+            print(
+                f"adaptflow: {signal.Signals(sig).name} arrived inside a finalizer "
+                f"({unraisable.object!r}), which drops its exception: sending it again",
+                file=sys.stderr,
+            )
+        except Exception:  # noqa: BLE001, S110 — a closed stderr must not cost the resend
+            pass
 
-    return hook
+    def _send(self, sig: int) -> None:
+        with self.lock:
+            self.pending = {
+                t: s for t, s in self.pending.items() if t is not threading.current_thread()
+            }
+            if self.active:  # the handlers are still ours: the main thread takes it at once
+                os.kill(os.getpid(), sig)
+
+    def close(self) -> list[int]:
+        with self.lock:
+            self.active = False
+            for timer in self.pending:
+                timer.cancel()
+            undelivered, self.pending = list(self.pending.values()), {}
+        return undelivered
 
 
 @contextmanager
 def handle_signals(on_stop: Callable[[str], None]) -> Iterator[None]:
     """SIGTERM and SIGINT set `STOP`, call `on_stop(reason)` once (the first signal), and
     raise `Interrupted` in the main thread; a handler's exception that a finalizer dropped
-    sends its signal again (`_resend_dropped`). Main thread only; all restored on exit."""
+    sends its signal again (`_Resender`). Main thread only; all restored on exit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     STOP.clear()  # a new run in the same process (tests, a scheduler) starts unstopped
     _reason.clear()
 
-    def stop(signum, frame):
-        first = not STOP.is_set()
-        if first:
+    def stopped(signum: int) -> None:
+        if not STOP.is_set():  # the first signal
             _reason.append(f"stopped by {signal.Signals(signum).name}")
             STOP.set()
             on_stop(reason())
-        raise Interrupted(reason())
+
+    def stop(signum, frame):
+        stopped(signum)
+        e = Interrupted(reason())
+        e.signal = signum
+        raise e
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    previous_hook, sys.unraisablehook = sys.unraisablehook, _resend_dropped(sys.unraisablehook)
+    resender = _Resender(sys.unraisablehook)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, resender
     try:
         yield
     finally:
+        # a signal whose resend is still pending stops the run all the same (STOP is what
+        # `adaptflow run` checks after the flow), never by a default handler after this context
+        for sig in resender.close():
+            stopped(sig)
         for s, handler in previous.items():
             signal.signal(s, handler)
         sys.unraisablehook = previous_hook
