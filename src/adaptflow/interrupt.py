@@ -79,7 +79,7 @@ class _Resender:
 
     def __init__(self, previous: Callable):
         self.previous = previous
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entered if a finalizer runs inside a hold
         self.active = True
         self.pending: dict[threading.Timer, int] = {}
         self.sent = 0
@@ -152,10 +152,12 @@ def handle_signals(on_stop: Callable[[str], None]) -> Iterator[None]:
     try:
         yield
     finally:
-        # a signal whose resend is still pending stops the run all the same (STOP is what
-        # `adaptflow run` checks after the flow), never by a default handler after this context
-        for sig in resender.close():
-            stopped(sig)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        sys.unraisablehook = previous_hook
+        try:
+            # a signal whose resend is still pending stops the run all the same (STOP is what
+            # `adaptflow run` checks after the flow), never by a default handler after this
+            for sig in resender.close():
+                stopped(sig)
+        finally:  # restored even when a signal lands right here
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            sys.unraisablehook = previous_hook
