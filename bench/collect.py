@@ -49,7 +49,8 @@ BENCHES = (
     ("pipeline", ("pipeline_overhead",), "Orchestration overhead, cache, memory, scaling", ()),
 )
 HEADER = re.compile(
-    r"<!-- bench: (?P<name>[^;]+); commit: (?P<commit>[^;]+); date: (?P<date>[^>]+?) -->"
+    r"<!-- bench: (?P<name>[^;]+); commit: (?P<commit>[^;]+); date: (?P<date>[^;>]+?)"
+    r"(?:; machine: (?P<machine>[^>]+?))? -->"
 )
 
 
@@ -58,6 +59,7 @@ class Result:
     name: str
     commit: str
     date: str
+    machine: str  # "not recorded" in results from before the header named it
     body: str
     state: str  # "current" | why it is not
 
@@ -91,7 +93,8 @@ def read_result(path: Path, modules: tuple[str, ...]) -> Result:
         raise SystemExit(f"{path}: no bench header (written by bench.common.save_result?)")
     body = text[m.end() :].strip()
     state = freshness(m["commit"], modules)
-    return Result(m["name"], m["commit"].strip(), m["date"].strip(), body, state)
+    where = (m["machine"] or "not recorded").strip()
+    return Result(m["name"], m["commit"].strip(), m["date"].strip(), where, body, state)
 
 
 def demote(markdown: str, top: int = 4) -> str:
@@ -144,23 +147,24 @@ def report(base: str) -> str:
         "date it was measured at; one whose code differs from this commit's is marked stale. "
         "Published and peer numbers (`../shared/REFERENCES.md`) are beside each, with their "
         "own protocols (most published digit numbers use all 60,000 MNIST images; ours the "
-        "5,000-image subset).",
+        "5,000-image subset). The numbers also depend on the machine (its CPU and thread "
+        "count): compare results measured on the same one.",
         "",
-        "| benchmark | measured | commit | state |",
-        "|---|---|---|---|",
+        "| benchmark | measured | commit | machine | state |",
+        "|---|---|---|---|---|",
     ]
     sections = []
     for pattern, modules, title, refs in BENCHES:
         paths = sorted(RESULTS.glob(f"{pattern}.md"))
         name = pattern.rstrip("*")
         if not paths:
-            lines.append(f"| {title} | not yet | – | run `make bench-{name}` |")
+            lines.append(f"| {title} | not yet | – | – | run `make bench-{name}` |")
             continue
         parts = []
         for path in paths:
             r = read_result(path, modules)
             label = title if r.name == name else f"{title} ({r.name})"
-            lines.append(f"| {label} | {r.date} | {r.commit} | {r.state} |")
+            lines.append(f"| {label} | {r.date} | {r.commit} | {r.machine} | {r.state} |")
             warn = "" if r.state == "current" else f"**Not this code's numbers: {r.state}.**\n\n"
             parts.append(warn + relink(demote(_command(r, name)), base))
         ref = references(refs)

@@ -134,6 +134,27 @@ def markdown_table(table) -> str:
     return "\n".join(lines)
 
 
+def machine() -> str:
+    """The CPU model, its logical CPUs, torch's thread count and any GPU: the numbers depend on
+    them (a CPU's float kernels move rendered data and training; threads move verdicts)."""
+    import os
+    import platform
+    import re
+
+    import torch
+
+    model = platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        found = re.search(r"(?m)^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text())
+        model = found[1].strip() if found else model
+    except OSError:
+        pass
+    where = f"{model}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        where += f", {torch.cuda.get_device_name(0)}"
+    return re.sub(r"[;<>]", " ", where)  # kept out of the header's delimiters
+
+
 def save_result(name: str, body: str, seconds: float, extra: str = "") -> Path:
     """bench/results/<name>.md: what `make bench-<name>` measured, with the date, the commit and
     the wall time (bench/collect.py gathers these into the README's Results section)."""
@@ -142,10 +163,11 @@ def save_result(name: str, body: str, seconds: float, extra: str = "") -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.md"
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    where = machine()
     head = (
-        f"<!-- bench: {name}; commit: {commit()}; date: {when} -->\n"
+        f"<!-- bench: {name}; commit: {commit()}; date: {when}; machine: {where} -->\n"
         f"`make bench-{name}` on {when}, commit {commit()}, wall {seconds / 60:.1f} min"
-        f"{extra}.\n\n"
+        f"{extra}; machine: {where}.\n\n"
     )
     path.write_text(head + body.strip() + "\n")
     return path

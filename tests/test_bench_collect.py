@@ -31,9 +31,13 @@ def test_results_are_collected_with_their_commit_state_and_references(results, t
     assert "old text" not in text
     row = next(line for line in text.splitlines() if line.startswith("| Trainer efficiency |"))
     state = collect.freshness(common.commit(), ("trainer_overhead",))
-    assert row.endswith(f"| {common.commit()} | {state} |"), row
-    assert "| Sequence models | 2026-01-01 00:00 UTC | 0000000 | commit 0000000 is not in" in text
-    assert "| Autoencoders | not yet | – | run `make bench-ae` |" in text
+    assert row.endswith(f"| {common.commit()} | {common.machine()} | {state} |"), row
+    assert " threads" in common.machine() and ";" not in common.machine()
+    old = (
+        "| Sequence models | 2026-01-01 00:00 UTC | 0000000 | not recorded | commit 0000000 is not"
+    )
+    assert old in text  # a result from before the header named its machine
+    assert "| Autoencoders | not yet | – | – | run `make bench-ae` |" in text
     assert "| Domain adaptation (da-syn2mnist-jda_m2u) |" in text and "syn2mnist numbers" in text
     assert "`make bench-da PAIRS=syn2mnist,jda_m2u` on " in text  # the command that reruns it
     assert "#### GAN report" in text  # nested under the bench's own heading
