@@ -149,7 +149,8 @@ def machine() -> str:
         model = found[1].strip() if found else model
     except OSError:
         pass
-    where = f"{model}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    where = f"{model}, {os.cpu_count()} CPUs, {threads} thread{'s' * (threads != 1)}"
     if torch.cuda.is_available():
         where += f", {torch.cuda.get_device_name(0)}"
     return re.sub(r"[;<>]", " ", where)  # kept out of the header's delimiters

@@ -32,7 +32,7 @@ def test_results_are_collected_with_their_commit_state_and_references(results, t
     row = next(line for line in text.splitlines() if line.startswith("| Trainer efficiency |"))
     state = collect.freshness(common.commit(), ("trainer_overhead",))
     assert row.endswith(f"| {common.commit()} | {common.machine()} | {state} |"), row
-    assert " threads" in common.machine() and ";" not in common.machine()
+    assert " thread" in common.machine() and ";" not in common.machine()
     old = (
         "| Sequence models | 2026-01-01 00:00 UTC | 0000000 | not recorded | commit 0000000 is not"
     )
