@@ -68,21 +68,15 @@ def ephemeral_prefect(timeout: float = 300.0) -> Iterator[None]:
     if get_current_settings().api.url:  # env, a Prefect profile or prefect.toml
         yield
         return
-    from filelock import FileLock, Timeout
     from prefect.context import SettingsContext
+
+    from adaptflow.tracking.store import acquire
 
     home = Path(get_current_settings().home)
     home.mkdir(parents=True, exist_ok=True)
     path = home / "adaptflow-start.lock"
-    _starting = FileLock(path, timeout=timeout, thread_local=False)  # released in the flow
-    try:
-        _starting.acquire()
-    except Timeout:
-        _starting = None
-        raise RuntimeError(
-            f"waited {timeout:.0f} s for {path}: another adaptflow process is starting Prefect. "
-            "If none is running (`ps`), delete the file and run again"
-        ) from None
+    # released in the flow's body; StoreError (exit 1, named file) after `timeout`
+    _starting = acquire(path, timeout, "another adaptflow process is starting Prefect")
     try:
         current = get_current_settings()
         quiet = current.model_copy(

@@ -22,6 +22,7 @@ from typing import Annotated
 
 import typer
 
+from adaptflow import interrupt
 from adaptflow.config import ParamsError, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
@@ -107,30 +108,21 @@ def serve(
 
     params, url, schedule, when = _prepared(params_path, interval)
     cfg = params.schedule
-    _stop_on_signals()
     print(f"serving {FLOW_NAME}/{cfg.name} on {url}, {when}; Ctrl-C stops", flush=True)
-    pipeline_flow.serve(
-        name=cfg.name,
-        schedules=[schedule],
-        parameters=deployment_parameters(params_path, params),
-        description=f"adaptflow pipeline, profile {cfg.profile}, {when}",
-        tags=["adaptflow", f"profile:{cfg.profile}"],
-        limit=limit,  # one pipeline at a time: runs share the store and the registry
-        entrypoint_type=EntrypointType.MODULE_PATH,  # flows.pipeline, importable anywhere
-    )
-
-
-def _stop_on_signals() -> None:
-    """Ctrl-C (SIGINT) and a service manager's SIGTERM both stop serving the Prefect way
-    (KeyboardInterrupt: pause the schedule, stop the runs, exit), also when this process was
-    started with SIGINT ignored (a background job of a non-interactive shell inherits that)."""
-    import signal
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C (SIGINT) and a service manager's SIGTERM both stop serving the Prefect way
+    # (KeyboardInterrupt: pause the schedule, stop the runs, exit), also when this process was
+    # started with SIGINT ignored (a background job of a non-interactive shell inherits that),
+    # and also when the signal lands in a finalizer (sent again: `interrupt.handle_signals`)
+    with interrupt.handle_signals(lambda why: None, raise_as=KeyboardInterrupt):
+        pipeline_flow.serve(
+            name=cfg.name,
+            schedules=[schedule],
+            parameters=deployment_parameters(params_path, params),
+            description=f"adaptflow pipeline, profile {cfg.profile}, {when}",
+            tags=["adaptflow", f"profile:{cfg.profile}"],
+            limit=limit,  # one pipeline at a time: runs share the store and the registry
+            entrypoint_type=EntrypointType.MODULE_PATH,  # flows.pipeline, importable anywhere
+        )
 
 
 def _prepared(params_path: str, interval: float | None):

@@ -159,6 +159,15 @@ CASES: list[tuple[str, Callable[[dict], None], list[str], list[str]]] = [
         [],
         ["data.sources.mine", "kind"],
     ),
+    # rich markup in what the user wrote must be printed, not parsed (a MarkupError traceback)
+    ("unknown key: rich markup in it", _set("[/x]", 1), [], ["[/x]", "unknown key"]),
+    (
+        "unknown key: markup in an override",
+        lambda r: None,
+        ["--set", "[bold]y[/]=1"],
+        ["[bold]y[/]"],
+    ),
+    ("unknown stage: markup in its name", lambda r: None, ["--stage", "[/x]"], ["[/x]", "stage"]),
     (
         "a sequence source for an image stage",
         _set("gan.dataset", "mnist1d"),
@@ -317,6 +326,41 @@ def test_fuzz_random_trees_never_traceback(raw):
 )
 def test_fuzz_overrides_never_traceback(overrides):
     event(_outcome(copy.deepcopy(RAW), overrides))
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=10) | st.sampled_from(["[/x]", "[bold]", "seed", "ae.epochs"]),
+            st.text(max_size=10) | st.sampled_from(["[/]", "1", "[x", "null"]),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_fuzz_the_cli_never_tracebacks(project, prepared, monkeypatch, sets):
+    """The loader fuzzed through `adaptflow run --set`: the message is printed too (rich)."""
+    raw = copy.deepcopy(RAW)
+    raw["data"]["prepared_dir"] = str(prepared)
+    args = [a for key, value in sets for a in ("--set", f"{key}={value}")]
+    try:
+        code, said = _run_cli(project, raw, args, monkeypatch)
+    except AssertionError as e:  # validation passed: a valid override
+        assert "validation passed" in str(e)
+        event("valid")
+        return
+    if code == 1:  # valid params the prepared data here cannot serve (only mnist is prepared)
+        assert said.startswith("data error:") and "make data" in said, said
+        event("valid params, data error")
+        return
+    assert code == 2 and said.strip(), said
+    event("exit 2")
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

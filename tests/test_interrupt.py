@@ -77,6 +77,27 @@ def test_a_signal_that_lands_in_a_finalizer_is_sent_again(inside_prefect, capsys
     assert "inside a finalizer" in capsys.readouterr().err
 
 
+def test_the_scheduler_gets_a_keyboard_interrupt_and_a_dropped_sigterm_is_sent_again(capsys):
+    """`flows.schedule serve` stops Prefect's way (KeyboardInterrupt) on SIGTERM too, and a
+    SIGTERM dropped in a finalizer is sent again as SIGTERM (not as Ctrl-C's SIGINT)."""
+    sent = []
+    real_kill = interrupt.os.kill
+
+    def kill(pid, sig):
+        sent.append(sig)
+        real_kill(pid, sig)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(interrupt.os, "kill", kill)
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM") as raised:
+            with interrupt.handle_signals(lambda why: None, raise_as=KeyboardInterrupt):
+                _signal_inside_a_finalizer(signal.SIGTERM)
+                _wait_for_the_signal()
+    assert not isinstance(raised.value, interrupt.Interrupted)
+    assert raised.value.signal == signal.SIGTERM and sent == [signal.SIGTERM]
+    assert "SIGTERM arrived inside a finalizer" in capsys.readouterr().err
+
+
 def test_a_resend_never_outlives_the_context_but_its_stop_stands():
     """The flow returns within the resend's delay: no signal after the context (it would meet
     the default handler), and the stop is not lost either: STOP is set, on_stop called."""

@@ -31,7 +31,7 @@ def _validated(params_path: Path, overrides: list[str] | None):
     try:
         return load_params(params_path, overrides)
     except ParamsError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True)
         raise typer.Exit(2) from None
 
 
@@ -43,10 +43,10 @@ def _validated_against_data(params, stages: list[str]) -> None:
     try:
         check_against_data(params, stages)
     except ParamsError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True)
         raise typer.Exit(2) from None
     except DataError as e:
-        err.print(f"[bold red]data error:[/] {e}")
+        err.print(f"[bold red]data error:[/] {escape(str(e))}")
         raise typer.Exit(1) from None
 
 
@@ -80,7 +80,7 @@ def run(
     for name in stage or []:
         if name not in STAGES:
             err.print(
-                f"[bold red]error:[/] unknown stage {name!r}; valid: {', '.join(STAGES.names())}"
+                f"[bold red]error:[/] unknown stage {escape(repr(name))}; valid: {', '.join(STAGES.names())}"
             )
             raise typer.Exit(2)
     from flows.pipeline import STAGE_FLOWS
@@ -96,7 +96,7 @@ def run(
     try:
         check_server()  # in seconds, not after MLflow's ~4 min of retries inside the flow
     except StoreError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
     from flows.pipeline import StagesFailed, ephemeral_prefect, pipeline_flow
 
@@ -115,11 +115,14 @@ def run(
         if interrupt.STOP.is_set():  # a stage that failed because of the stop: a stop
             _stopped()
         if isinstance(e, DataError):
-            err.print(f"[bold red]data error:[/] {e}")
+            err.print(f"[bold red]data error:[/] {escape(str(e))}")
             raise typer.Exit(1) from None
         _print_outcomes(e.outcomes, time.perf_counter() - t0, params.profile, e.failed)
         kind = "data error" if isinstance(e.__cause__, DataError) else "error"
-        err.print(f"[bold red]{kind}:[/] {e}", highlight=False)
+        err.print(f"[bold red]{kind}:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
+    except StoreError as e:  # e.g. a lock another process holds past its timeout
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
     except (interrupt.Interrupted, KeyboardInterrupt):
         _stopped()
@@ -168,7 +171,9 @@ def _print_outcomes(
                 else f"{label} {m['decision']}"
                 for label, m in o["models"].items()
             )
-        table.add_row(name, "yes" if o["cache_hit"] else "no", metrics, model, o["run_id"][:12])
+        table.add_row(
+            name, "yes" if o["cache_hit"] else "no", metrics, escape(model), o["run_id"][:12]
+        )
     for name, why in failed.items():
         status = "[yellow]not run[/]" if why.startswith("not run") else "[bold red]FAILED[/]"
         table.add_row(name, "-", f"{status} {escape(why[:300])}", "not registered", "-")
@@ -177,7 +182,7 @@ def _print_outcomes(
 
     server = user_uri()
     if server is not None and server.startswith(("http://", "https://")):
-        Console().print(f"Browse the runs: [bold]{shown_uri(server)}[/]")
+        Console().print(f"Browse the runs: [bold]{escape(shown_uri(server))}[/]")
     else:
         Console().print("Browse the runs: [bold]make ui[/] (MLflow UI on http://127.0.0.1:5000)")
 
@@ -194,9 +199,11 @@ def prepare(
     from adaptflow.data import DataError, prepare_all
 
     try:
-        prepare_all(params, names, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+        prepare_all(
+            params, names, log=lambda m: err.print(escape(m), highlight=False, soft_wrap=True)
+        )
     except DataError as e:
-        err.print(f"[bold red]data error:[/] {e}")
+        err.print(f"[bold red]data error:[/] {escape(str(e))}")
         raise typer.Exit(1) from None
 
 
@@ -243,9 +250,9 @@ def predict(
         pred = serving.predict(net, x, names, batch_size)
         serving.write_csv(pred, out)
     except (serving.ServingError, StoreError, OSError) as e:  # FileNotFoundError too
-        err.print(f"[bold red]predict:[/] {e}", highlight=False)
+        err.print(f"[bold red]predict:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
-    err.print(f"{len(pred.rows)} rows ({pred.kind}) from {uri} -> {out}", highlight=False)
+    err.print(escape(f"{len(pred.rows)} rows ({pred.kind}) from {uri} -> {out}"), highlight=False)
 
 
 @app.command("models")
@@ -258,7 +265,7 @@ def list_models() -> None:
     try:
         use_store(".")
     except StoreError as e:
-        err.print(f"[bold red]models:[/] {e}", highlight=False)
+        err.print(f"[bold red]models:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
     rows = registry_rows()
     if not rows:
@@ -315,14 +322,16 @@ def compare(
         chosen = cmp.pipeline_runs(exp.experiment_id, runs, last)
         report = cmp.build(chosen)
     except (StoreError, cmp.CompareError) as e:
-        err.print(f"[bold red]compare:[/] {e}", highlight=False)
+        err.print(f"[bold red]compare:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
     md, page = cmp.write(report, out)
     if log:
         cmp.log_on(chosen[-1], report)
     err.print(
-        f"{len(chosen)} pipeline run(s) of {name!r} -> {md} and {page}"
-        + (f" (also logged on run {chosen[-1].info.run_id[:8]} under compare/)" if log else ""),
+        escape(
+            f"{len(chosen)} pipeline run(s) of {name!r} -> {md} and {page}"
+            + (f" (also logged on run {chosen[-1].info.run_id[:8]} under compare/)" if log else "")
+        ),
         highlight=False,
     )
 

@@ -59,11 +59,13 @@ def check() -> None:
 
 def _signal_of(e: BaseException | None) -> int | None:
     """The signal a signal handler's exception stands for; None for any other exception."""
-    sig = getattr(e, "signal", None)  # ours (`stop`) and prefect.exceptions.TerminationSignal
-    if isinstance(e, Interrupted) or type(e).__name__ == "TerminationSignal":
+    prefect = sys.modules.get("prefect.exceptions")  # not loaded: none of its exceptions exist
+    kinds = (Interrupted, prefect.TerminationSignal) if prefect is not None else (Interrupted,)
+    sig = getattr(e, "signal", None)  # ours (`stop`) and TerminationSignal carry it
+    if isinstance(e, kinds):
         return sig if isinstance(sig, int) else signal.SIGTERM
-    if isinstance(e, KeyboardInterrupt):
-        return signal.SIGINT
+    if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or `handle_signals(raise_as=...)`'s
+        return sig if isinstance(sig, int) else signal.SIGINT
     return None
 
 
@@ -108,9 +110,7 @@ class _Resender:
 
     def _send(self, sig: int) -> None:
         with self.lock:
-            self.pending = {
-                t: s for t, s in self.pending.items() if t is not threading.current_thread()
-            }
+            self.pending.pop(threading.current_thread(), None)  # type: ignore[call-overload]
             if self.active:  # the handlers are still ours: the main thread takes it at once
                 os.kill(os.getpid(), sig)
 
@@ -124,10 +124,13 @@ class _Resender:
 
 
 @contextmanager
-def handle_signals(on_stop: Callable[[str], None]) -> Iterator[None]:
+def handle_signals(
+    on_stop: Callable[[str], None], raise_as: type[BaseException] = Interrupted
+) -> Iterator[None]:
     """SIGTERM and SIGINT set `STOP`, call `on_stop(reason)` once (the first signal), and
-    raise `Interrupted` in the main thread; a handler's exception that a finalizer dropped
-    sends its signal again (`_Resender`). Main thread only; all restored on exit."""
+    raise `raise_as` (`Interrupted`; the scheduler: KeyboardInterrupt, Prefect's way to stop
+    serving) in the main thread; a handler's exception that a finalizer dropped sends its
+    signal again (`_Resender`). Main thread only; all restored on exit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -142,8 +145,8 @@ def handle_signals(on_stop: Callable[[str], None]) -> Iterator[None]:
 
     def stop(signum, frame):
         stopped(signum)
-        e = Interrupted(reason())
-        e.signal = signum
+        e = raise_as(reason())
+        e.signal = signum  # type: ignore[attr-defined]
         raise e
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}

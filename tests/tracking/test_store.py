@@ -164,3 +164,30 @@ def test_a_tracking_server_has_no_store_lock_a_chosen_sqlite_file_has_one_beside
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel/team.db")  # relative to the cwd
     with store.store_lock("gate-x") as locked:
         assert locked and (project / "rel" / ".locks" / "gate-x.lock").exists()
+
+
+def test_a_stuck_prefect_start_exits_1_naming_the_lock(project, prepared_mnist, monkeypatch):
+    """Prefect's temporary-server start lock held past its timeout (another process starting,
+    or a file left behind): `adaptflow run` exits 1 naming the file and the fix, no traceback."""
+    import flows.pipeline
+    from filelock import FileLock
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from typer.testing import CliRunner
+
+    from adaptflow.cli import app
+
+    home = project / ".prefect-test"
+    home.mkdir()
+    real = flows.pipeline.ephemeral_prefect
+    monkeypatch.setattr(flows.pipeline, "ephemeral_prefect", lambda: real(timeout=0.5))
+    monkeypatch.setattr(flows.pipeline, "pipeline_flow", lambda *a: pytest.fail("flow ran"))
+    monkeypatch.setenv("COLUMNS", "400")
+    held = FileLock(home / "adaptflow-start.lock", thread_local=False)
+    # another open file description: flock conflicts with it even inside this process
+    with held, temporary_settings({PREFECT_HOME: str(home), PREFECT_API_URL: None}):
+        args = ["run", "--stage", "ae", "--set", f"data.prepared_dir={prepared_mnist}"]
+        out = CliRunner().invoke(app, args)
+    said = " ".join(out.output.split())
+    assert out.exit_code == 1, said
+    assert out.exception is None or isinstance(out.exception, SystemExit), out.exception
+    assert "adaptflow-start.lock" in said and "delete the file" in said, said

@@ -393,7 +393,9 @@ def execute(name: str, params: Params, ctx: StageContext) -> StageOutcome:
         outcome.stage, outcome.run_id, outcome.cache_key = name, active.info.run_id, key
         outcome.artifact_run_id = active.info.run_id
         runs.record_artifacts()
-        _gate(spec, params, outcome)  # the last step: nothing after it can fail a champion
+        runs.flush_metrics(active.info.run_id)  # written before any alias moves
+        # the last step: after it only the run's FINISHED status is written (with retries)
+        _gate(spec, params, outcome)
         return outcome
 
 

@@ -142,7 +142,12 @@ def run(
         _end(active.info.run_id, RunStatus.KILLED if stopped else RunStatus.FAILED)
         raise
     else:
-        flush_metrics(active.info.run_id)
+        try:
+            flush_metrics(active.info.run_id)
+        except BaseException as e:  # the run ends, FAILED (KILLED on a stop), never RUNNING
+            stopped = interrupt.STOP.is_set() or not isinstance(e, Exception)
+            _end(active.info.run_id, RunStatus.KILLED if stopped else RunStatus.FAILED)
+            raise
         _end(active.info.run_id, RunStatus.FINISHED)
     finally:
         _flushed_at.pop(active.info.run_id, None)  # an ended run keeps no state here
@@ -206,40 +211,49 @@ def _owner_alive(tag: str) -> bool | None:
     return start == "-" or _start_time(pid) in (start, "-")
 
 
+def _mark_killed(client: MlflowClient, run_id: str, why: str) -> None:
+    client.set_tag(run_id, "adaptflow.error", why)
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
 def kill_open_runs(reason: str) -> list[str]:
     """End every run this process has open KILLED, with `reason` as its error (the signal
-    handler's first act: a SIGKILL that follows finds them ended)."""
+    handler's first act: a SIGKILL that follows finds them ended). A store that is busy (this
+    very thread may hold its write lock) stops the loop at once rather than wait out a lock
+    timeout per run: the unwinding that follows ends the runs still open."""
+    from adaptflow.retry import is_transient
+
     client = MlflowClient()
     with _lock:
         ids = sorted(_open)
     for run_id in ids:
         try:
-            client.set_tag(run_id, "adaptflow.error", reason)
-            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
-        except Exception as e:  # the store itself may be what is failing: keep going
+            _mark_killed(client, run_id, reason)
+        except Exception as e:  # the store itself may be what is failing
             log.warning("could not mark run %s KILLED: %s", run_id, e)
+            if is_transient(e):
+                break
     return ids
 
 
 def reap_stale_runs(experiment_ids: list[str]) -> list[str]:
     """End KILLED the RUNNING runs whose process (on this host) is gone: what a SIGKILL, an
     OOM kill or a power cut left behind. A live process's runs (a concurrent pipeline) and
-    other hosts' runs are left alone."""
+    other hosts' runs are left alone. Each call is retried on a busy store."""
     client = MlflowClient()
     reaped = []
-    found = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=10_000)
+    search = per_call(client.search_runs)
+    found = search(experiment_ids, "attributes.status = 'RUNNING'", max_results=10_000)
     for r in found:
         tag = r.data.tags.get(TAG_OWNER)
         if tag is None or _owner_alive(tag) is not False:
             continue
         pid = tag.rsplit(":", 2)[1]
-        client.set_tag(
-            r.info.run_id,
-            "adaptflow.error",
+        why = (
             f"its process (pid {pid}) ended without closing it (killed); marked KILLED by the "
-            "next pipeline",
+            "next pipeline"
         )
-        client.set_terminated(r.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        per_call(_mark_killed)(client, r.info.run_id, why)
         reaped.append(r.info.run_id)
     return reaped
 

@@ -54,7 +54,6 @@ def store_lock(name: str, root: Path | str | None = None) -> Iterator[bool]:
     <name>.lock: mlruns/.locks/ for the local store); yields True. With a tracking server there
     is no shared folder: yields False and locks nothing. `root`: the project root, else the
     root of the store in use (the cwd)."""
-    from filelock import FileLock, Timeout
 
     uri = user_uri()
     if uri is None:
@@ -66,18 +65,27 @@ def store_lock(name: str, root: Path | str | None = None) -> Iterator[bool]:
         yield False
         return
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock", timeout=LOCK_TIMEOUT)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise StoreError(
-            f"waited {LOCK_TIMEOUT:.0f} s for {lock.lock_file}: another adaptflow process holds "
-            "it. If none is running (`ps`), delete the file and run again"
-        ) from None
+    lock = acquire(folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock", LOCK_TIMEOUT)
     try:
         yield True
     finally:
         lock.release()
+
+
+def acquire(path: Path, timeout: float, holder: str = "another adaptflow process holds it"):
+    """A held cross-process FileLock on `path` (released by the caller); StoreError after
+    `timeout` seconds, naming the file and what to do if the holder is gone."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(path, timeout=timeout, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StoreError(
+            f"waited {timeout:.0f} s for {path}: {holder}. If none is running (`ps`), delete "
+            "the file and run again"
+        ) from None
+    return lock
 
 
 def user_uri() -> str | None:
