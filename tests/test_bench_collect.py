@@ -3,24 +3,28 @@ and whether it is current, stale or missing."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import json
 import subprocess
+import sys
 
 import pytest
-from bench import collect, common
+from bench import collect, report_io
 
 
 @pytest.fixture
 def results(tmp_path, monkeypatch):
     folder = tmp_path / "results"
-    monkeypatch.setattr(common, "RESULTS", folder)
+    monkeypatch.setattr(report_io, "RESULTS", folder)
     monkeypatch.setattr(collect, "RESULTS", folder)
     return folder
 
 
 def test_results_are_collected_with_their_commit_state_and_references(results, tmp_path):
-    common.save_result("trainer", "**table**\n\n| a | b |\n|---|---|\n| 1 | 2 |", 61.0)
-    common.save_result("gan", "# GAN report\n\n![curve](curve.png)", 30.0)
-    common.save_result("da-syn2mnist-jda_m2u", "# DA\n\nsyn2mnist numbers", 10.0)
+    report_io.save_result("trainer", "**table**\n\n| a | b |\n|---|---|\n| 1 | 2 |", 61.0)
+    report_io.save_result("gan", "# GAN report\n\n![curve](curve.png)", 30.0)
+    report_io.save_result("da-syn2mnist-jda_m2u", "# DA\n\nsyn2mnist numbers", 10.0)
     stale = results / "seq.md"
     stale.write_text("<!-- bench: seq; commit: 0000000; date: 2026-01-01 00:00 UTC -->\nold\n")
     readme = tmp_path / "README.md"
@@ -30,9 +34,10 @@ def test_results_are_collected_with_their_commit_state_and_references(results, t
     assert text.startswith("intro\n") and text.endswith(f"{collect.END}\nrest\n")
     assert "old text" not in text
     row = next(line for line in text.splitlines() if line.startswith("| Trainer efficiency |"))
-    state = collect.freshness(common.commit(), ("trainer_overhead",))
-    assert row.endswith(f"| {common.commit()} | {common.machine()} | {state} |"), row
-    assert " thread" in common.machine() and ";" not in common.machine()
+    code = collect.read_code(results / "trainer.md")
+    state = collect.freshness(report_io.commit(), ("trainer_overhead",), code)
+    assert row.endswith(f"| {report_io.commit()} | {report_io.machine()} | {state} |"), row
+    assert " thread" in report_io.machine() and ";" not in report_io.machine()
     old = (
         "| Sequence models | 2026-01-01 00:00 UTC | 0000000 | not recorded | commit 0000000 is not"
     )
@@ -66,19 +71,23 @@ def test_headings_are_nested_but_not_inside_code():
     assert collect.demote("#### Already\n##### Sub") == "#### Already\n##### Sub"
 
 
+def _git(repo, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def test_a_result_is_current_only_while_the_code_behind_it_is_unchanged(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / "src").mkdir(parents=True)
     (repo / "bench").mkdir()
 
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-            cwd=repo,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        return _git(repo, *args)
 
     def commit(path: str, text: str) -> str:
         (repo / path).write_text(text)
@@ -115,7 +124,7 @@ def test_a_result_is_current_only_while_the_code_behind_it_is_unchanged(tmp_path
 
 
 def test_a_result_measured_with_any_uncommitted_code_says_so(tmp_path, monkeypatch):
-    """common.commit() (what a result records) and collect (what judges it) read one CODE list:
+    """report_io.commit() (what a result records) and collect (what judges it) read one CODE list:
     an uncommitted pin is as much "uncommitted changes" as uncommitted src."""
     repo = tmp_path / "repo"
     (repo / "bench" / "results").mkdir(parents=True)
@@ -127,12 +136,116 @@ def test_a_result_measured_with_any_uncommitted_code_says_so(tmp_path, monkeypat
     subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], **run
     )
-    monkeypatch.setattr(common, "RESULTS", repo / "bench" / "results")
-    assert not common.commit().endswith("uncommitted changes")
+    monkeypatch.setattr(report_io, "RESULTS", repo / "bench" / "results")
+    assert not report_io.commit().endswith("uncommitted changes")
     (repo / "README.md").write_text("v2\n")  # not code
     (repo / "bench" / "results" / "x.md").write_text("v2\n")  # a result, not code
-    assert not common.commit().endswith("uncommitted changes")
+    assert not report_io.commit().endswith("uncommitted changes")
     for path in ("pyproject.toml", "constraints.txt"):
         (repo / path).write_text("v2\n")
-        assert common.commit().endswith(" + uncommitted changes"), path
+        assert report_io.commit().endswith(" + uncommitted changes"), path
         (repo / path).write_text("v1\n")
+
+
+def test_a_result_with_a_code_record_is_stale_only_when_what_it_used_changes(tmp_path, monkeypatch):
+    """The record names the repository files the bench process imported (and params, pins, the
+    prepared data's md5): a change elsewhere in the code stales it not, one of them does, even
+    one the coarse rule does not look at (a helper module, dvc.lock). A result without a record,
+    or with a "coarse" one (a bench running code in child processes), keeps the coarse rule."""
+    repo = tmp_path / "repo"
+    for folder in ("src/adaptflow", "bench"):
+        (repo / folder).mkdir(parents=True)
+
+    def git(*args: str) -> str:
+        return _git(repo, *args)
+
+    def commit(path: str, text: str | None) -> None:
+        if text is None:
+            (repo / path).unlink()
+        else:
+            (repo / path).write_text(text)
+        git("add", "-A")
+        git("commit", "-qm", path)
+
+    lock = "stages:\n  prepare:\n    outs:\n    - path: data/prepared\n      md5: {}.dir\n"
+    files = {
+        "src/adaptflow/used.py": "a = 1\n",  # imported by the bench
+        "src/adaptflow/unused.py": "b = 1\n",  # code (src), not imported
+        "bench/probe.py": "c = 1\n",  # the bench's module: the coarse rule's too
+        "bench/helper.py": "d = 1\n",  # imported by the bench, unknown to the coarse rule
+        "params.yaml": "p: 1\n",
+        "dvc.lock": lock.format("a" * 32),
+    }
+    git("init", "-q")
+    for path, text in files.items():
+        (repo / path).write_text(text)
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    first = git("rev-parse", "--short", "HEAD")
+    for path in ("src/adaptflow/used.py", "bench/probe.py", "bench/helper.py"):
+        name = "probe_" + path.replace("/", "_").removesuffix(".py")
+        spec = importlib.util.spec_from_file_location(name, repo / path)
+        monkeypatch.setitem(sys.modules, name, importlib.util.module_from_spec(spec))
+    monkeypatch.setattr(report_io, "RESULTS", repo / "bench" / "results")
+    monkeypatch.setattr(collect, "REPO", repo)
+    modules = ("probe",)  # what BENCHES would list for it
+    results = repo / "bench" / "results"
+    report_io.save_result("probe", "numbers", 1.0)
+    report_io.save_result("pipe", "numbers", 1.0, coarse="it runs code in child processes")
+    (results / "plain.md").write_text((results / "probe.md").read_text())  # no record
+
+    def state(name: str) -> str:
+        return collect.read_result(results / f"{name}.md", modules).state
+
+    recorded = json.loads((results / "probe.code.json").read_text())["files"]
+    assert sorted(recorded) == [
+        "bench/helper.py",
+        "bench/probe.py",
+        "constraints.txt",
+        "dvc.lock:prepare:data/prepared",
+        "params.yaml",
+        "pyproject.toml",
+        "src/adaptflow/used.py",
+    ]
+    assert recorded["bench/helper.py"] == git("hash-object", "bench/helper.py")
+    assert recorded["constraints.txt"] is None  # absent then: absent now is no change
+    assert "files" not in json.loads((results / "pipe.code.json").read_text())
+    assert [state(n) for n in ("probe", "pipe", "plain")] == ["current"] * 3
+
+    commit("src/adaptflow/unused.py", "b = 2\n")  # code, but not this bench's
+    assert state("probe") == "current"
+    coarse = f"stale: src/adaptflow/unused.py changed since {first}"
+    assert state("pipe") == state("plain") == coarse
+    commit("bench/helper.py", "d = 2\n")
+    assert state("probe") == f"stale: bench/helper.py changed since {first}"
+    (repo / "bench" / "helper.py").write_text(files["bench/helper.py"])  # back, uncommitted
+    assert state("probe") == "current"  # the files as they are, not the commits
+    commit("bench/helper.py", files["bench/helper.py"])
+    commit("dvc.lock", lock.format("b" * 32))  # other prepared data
+    assert state("probe") == f"stale: the prepared data (dvc.lock) changed since {first}"
+    commit("dvc.lock", files["dvc.lock"])
+    commit("bench/helper.py", None)
+    assert state("probe") == f"stale: bench/helper.py (deleted) changed since {first}"
+    assert state("plain") == coarse  # the coarse rule: helper.py is not among its modules
+    (repo / "params.yaml").write_text("p: 2\n")
+    (repo / "src" / "adaptflow" / "used.py").write_text("a = 2\n")
+    (repo / "bench" / "probe.py").write_text("c = 2\n")
+    assert state("probe") == (
+        "stale: bench/helper.py (deleted), bench/probe.py, params.yaml and 1 more changed "
+        f"since {first}"
+    )
+
+
+def test_the_code_record_holds_what_this_process_imported_but_not_the_reporting():
+    importlib.import_module("bench.common")  # as a stage bench does (it writes through it)
+    root = report_io.RESULTS.parent.parent
+    record = report_io.code_record(root)
+    assert list(record) == sorted(record)
+    assert "bench/common.py" in record and "src/adaptflow/env.py" in record  # imported here
+    assert "bench/report_io.py" not in record and "bench/collect.py" not in record
+    assert not [k for k in record if k.startswith(("tests/", ".venv/", "bench/results/"))]
+    for path in ("bench/common.py", "params.yaml"):
+        git = subprocess.run(
+            ["git", "hash-object", path], cwd=root, capture_output=True, text=True, check=True
+        )
+        assert record[path] == git.stdout.strip(), path

@@ -43,3 +43,22 @@ def test_the_bare_arm_and_the_trainer_compute_the_same_training(which, mnist):
     assert changed, "the arms trained nothing"
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=f"{which}: {k} differs between the arms")
+
+
+@pytest.mark.parametrize("which", ["mlp", "dann", "timm"])
+def test_both_arms_see_the_same_images_an_epoch(which, mnist):
+    """images/s of the two arms divide the same count: the stage's loader and the bare index give
+    as many batches and images (DANN's bare arm once met its short last source batch with a
+    short target batch, where PairedLoader gives a full one)."""
+    x, y = mnist  # 192 images: the last batch of every case is short
+    case = {
+        "mlp": lambda: bench.ae_case("mlp", x),
+        "dann": lambda: bench.da_case(x, y),
+        "timm": lambda: bench.timm_case(x[:100], y[:100]),
+    }[which]()
+    expected = {"mlp": 192, "dann": 96 + 2 * 64, "timm": 100}[which]
+    assert bench.epoch_images(case) == expected
+    short = copy.copy(case)
+    short.bare_index = lambda g: case.bare_index(g)[:-1]  # a loop that drops the last batch
+    with pytest.raises(AssertionError, match=r"the trainer's loader gives \d+ batches of"):
+        bench.epoch_images(short)

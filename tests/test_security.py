@@ -120,8 +120,10 @@ def test_the_local_dask_cluster_and_its_dashboard_listen_on_loopback_only(monkey
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     me = psutil.Process()
     before = set(_listening(me))
-    with task_runners(RunnerConfig(kind="dask", workers=1)):
+    dashboard = _free_port()
+    with task_runners(RunnerConfig(kind="dask", workers=1, dashboard=f"127.0.0.1:{dashboard}")):
         bound = [s for s in _listening(me) if s not in before]
     # the scheduler and the dashboard (this process) and the worker and its nanny (children)
     assert len(bound) >= 3, bound
+    assert dashboard in {port for _, port in bound}, f"the dashboard is not up: {bound}"
     assert {ip for ip, _ in bound} <= LOOPBACK, bound

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 
@@ -66,9 +67,26 @@ def stop_tree(proc: subprocess.Popen, sig: int) -> None:
                 pass
 
 
+def _local_artifacts(uri: str) -> Path:
+    """The folder of a run's artifacts in the local store (file:// or a plain path)."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
+
+
+def _parses(name: str, data: bytes) -> None:
+    import json
+
+    import yaml
+
+    text = data.decode()
+    json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+
+
 def read_everything_back(client, prepared) -> dict[str, int]:
-    """Read every run, artifact listing, registered version (loaded) and prepared file (digest
-    checked) back; nothing may be left RUNNING or not READY. Returns the counts."""
+    """Read every run, every artifact (whole, its size against the listing; JSON/YAML/MLmodel
+    parsed), registered version (loaded) and prepared file (digest checked) back; nothing may be left RUNNING or not READY. Returns the counts."""
     import mlflow
 
     from adaptflow.data.prepare import load_prepared
@@ -78,11 +96,18 @@ def read_everything_back(client, prepared) -> dict[str, int]:
     for r in client.search_runs(exps, max_results=10_000):
         run = client.get_run(r.info.run_id)
         assert run.info.status != "RUNNING", (run.info.run_name, run.data.tags)
+        root = _local_artifacts(run.info.artifact_uri)
         stack = [None]
         while stack:
             for a in client.list_artifacts(r.info.run_id, stack.pop()):
-                stack.append(a.path) if a.is_dir else None
-                counted["artifacts"] += not a.is_dir
+                if a.is_dir:
+                    stack.append(a.path)
+                    continue
+                data = (root / a.path).read_bytes()  # read whole: none truncated or missing
+                assert len(data) == a.file_size, (run.info.run_name, a.path, len(data))
+                if a.path.endswith((".json", ".yaml", ".yml", "MLmodel")):
+                    _parses(a.path, data)
+                counted["artifacts"] += 1
         counted["runs"] += 1
     for m in client.search_registered_models():
         for v in client.search_model_versions(f"name = '{m.name}'"):

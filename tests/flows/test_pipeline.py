@@ -319,6 +319,13 @@ def test_a_diverged_stage_fails_with_its_reason_and_the_pipeline_follows_on_stag
         by_name["ae"].info.status == "FAILED" and by_name["pipeline-smoke"].info.status == "FAILED"
     )
     assert "stage ae failed" in by_name["pipeline-smoke"].data.tags["adaptflow.error"]
+    assert "NonFiniteLossError" in by_name["ae"].data.tags["adaptflow.error"]
+    units = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == by_name["ae"].info.run_id]
+    diverged = [r for r in units if "NonFiniteLossError" in r.data.tags.get("adaptflow.error", "")]
+    assert diverged and all(r.info.status == "FAILED" for r in diverged), [
+        (r.info.run_name, r.info.status, r.data.tags.get("adaptflow.error")) for r in units
+    ]
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     assert ("pretrain" in by_name) == (policy == "continue")
     if policy == "continue":
         assert by_name["pretrain"].info.status == "FINISHED"
