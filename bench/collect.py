@@ -6,21 +6,26 @@ its `results:begin` / `results:end` markers).
     make bench-results        # collect only (what was measured, as it was measured)
     make bench-all            # run every benchmark, then collect
 
-Each result keeps the commit and date it was measured at. A result whose commit's code
-(bench.common.CODE: src, flows, params, pins; and the bench modules it runs) differs from the
-checkout's is marked stale (re-run its bench); a benchmark with no result yet is listed as not
+Each result keeps the commit and date it was measured at, and beside it (<name>.code.json,
+bench/report_io.py) the blob id of every repository file its bench process imported or read and
+the prepared data's dvc.lock md5: it is current while all of those are the same in the checkout,
+else stale (re-run its bench), naming what changed. A result without that record, or whose bench
+runs code in child processes it cannot see (the record says "coarse"), is judged coarsely: stale
+when anything in bench.report_io.CODE (src, flows, params, pins) or the bench modules it runs
+differs between its commit and the checkout. A benchmark with no result yet is listed as not
 measured. Nothing is copied from elsewhere: the numbers are the files' own.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import CODE, RESULTS
+from bench.report_io import CODE, PREPARED, RESULTS, current
 
 REPO = RESULTS.parent.parent
 REFERENCES = REPO.parent / "shared" / "REFERENCES.md"
@@ -68,31 +73,64 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
 
 
-def freshness(commit: str, modules: tuple[str, ...]) -> str:
-    """'current' when the code behind a result (CODE and bench/<module>.py of `modules`) is the
-    same at its commit as in the checkout, else why not."""
+def freshness(commit: str, modules: tuple[str, ...], code: dict | None = None) -> str:
+    """'current' when the code behind a result is the same as in the checkout, else why not.
+
+    With its code record's `files` (`code`, read from <name>.code.json): each recorded file's
+    blob id and the prepared data's md5, now. Without one (or a "coarse" one): CODE and
+    bench/<module>.py of `modules` at its commit and in the checkout."""
     sha = commit.split()[0]
-    code = [*CODE, *(f"bench/{m}.py" for m in modules)]
     if "uncommitted" in commit:
         return "measured with uncommitted changes"
+    if code is not None and "files" in code:
+        return _recorded(code["files"], sha)
+    paths = [*CODE, *(f"bench/{m}.py" for m in modules)]
     if _git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
         return f"commit {sha} is not in this repository"
-    changed = _git("diff", "--name-only", sha, "HEAD", "--", *code).stdout.split()
+    changed = _git("diff", "--name-only", sha, "HEAD", "--", *paths).stdout.split()
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         return f"stale: {', '.join(changed[:3])}{more} changed since {sha}"
-    if _git("status", "--porcelain", "--", *code).stdout.strip():  # untracked files too
+    if _git("status", "--porcelain", "--", *paths).stdout.strip():  # untracked files too
         return "stale: the checkout has uncommitted changes to the code"
     return "current"
+
+
+def _recorded(files: dict[str, str | None], sha: str) -> str:
+    """'current' when every entry of a code record is the same in the checkout, else which not."""
+    changed = []
+    for entry, recorded in files.items():
+        now = current(entry, REPO)
+        if now == recorded:
+            continue
+        if entry == PREPARED:
+            changed.append("the prepared data (dvc.lock)")
+        else:
+            changed.append(entry + (" (deleted)" if now is None else ""))
+    if not changed:
+        return "current"
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    return f"stale: {', '.join(changed[:3])}{more} changed since {sha}"
+
+
+def read_code(path: Path) -> dict | None:
+    """The code record beside result `path` (<name>.code.json), None when there is none."""
+    sidecar = path.with_name(path.stem + ".code.json")
+    if not sidecar.is_file():
+        return None
+    try:
+        return json.loads(sidecar.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{sidecar}: not a code record ({e}); re-run its bench") from None
 
 
 def read_result(path: Path, modules: tuple[str, ...]) -> Result:
     text = path.read_text()
     m = HEADER.search(text)
     if m is None:
-        raise SystemExit(f"{path}: no bench header (written by bench.common.save_result?)")
+        raise SystemExit(f"{path}: no bench header (written by bench.report_io.save_result?)")
     body = text[m.end() :].strip()
-    state = freshness(m["commit"], modules)
+    state = freshness(m["commit"], modules, read_code(path))
     where = (m["machine"] or "not recorded").strip()
     return Result(m["name"], m["commit"].strip(), m["date"].strip(), where, body, state)
 
@@ -144,7 +182,11 @@ def report(base: str) -> str:
     head = _git("rev-parse", "--short", "HEAD").stdout.strip()
     lines = [
         f"Collected by `make bench-results` at commit {head}. Every result says the commit and "
-        "date it was measured at; one whose code differs from this commit's is marked stale. "
+        "date it was measured at. A result is current while the code behind it is unchanged "
+        "in this checkout: the files its bench process imported or read (params and pins "
+        "included) and the prepared data, as recorded beside it (`<name>.code.json`), or, for "
+        "a result without that record or whose bench runs code in child processes, everything "
+        "in src, flows, params, pins and its bench modules since its commit. "
         "Published and peer numbers (`../shared/REFERENCES.md`) are beside each, with their "
         "own protocols (most published digit numbers use all 60,000 MNIST images; ours the "
         "5,000-image subset). The numbers also depend on the machine (its CPU and thread "

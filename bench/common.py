@@ -1,5 +1,9 @@
 """What every benchmark shares: the command line, the params with the bench's experiment and
-registry prefix forced (never the production names), and running one stage timed."""
+registry prefix forced (never the production names), and running one stage timed. How a result
+is written down is bench/report_io.py's: a change there decides no number.
+
+A stage runs here outside a Prefect flow, so its sweep units run in turn in this process
+(adaptflow.sweep): a stage bench's imports are all the code behind its numbers."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import time
 from pathlib import Path
 
 from adaptflow.env import configure_env
+from bench.report_io import save_result
 
 BENCH = "adaptflow-bench"  # experiment and registry prefix: never the production names
 
@@ -94,81 +99,3 @@ def canonical(args, profile: str = "bench") -> bool:
         and args.params == "params.yaml"
         and getattr(args, "profile", profile) == profile
     )
-
-
-RESULTS = Path(__file__).resolve().parent / "results"
-# what decides every bench's numbers, besides the bench modules it runs (bench/collect.py adds
-# those per bench); a result measured with any of these uncommitted is not a commit's result
-CODE = ("src", "flows", "params.yaml", "pyproject.toml", "constraints.txt")
-NOT_CODE = (":(exclude)bench/results",)  # the results themselves are not the code behind them
-
-
-def commit() -> str:
-    """The checkout's commit, "+ uncommitted changes" when CODE or bench/ differ from it."""
-    import subprocess
-
-    root = RESULTS.parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", *CODE, "bench", *NOT_CODE],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    return (head or "unknown") + (" + uncommitted changes" if dirty else "")
-
-
-def markdown_table(table) -> str:
-    """A rich Table as a markdown table (its title above it in bold)."""
-    cols = table.columns
-    lines = [f"**{table.title}**", ""] if table.title else []
-    lines += ["| " + " | ".join(str(c.header) for c in cols) + " |"]
-    lines += ["|" + "|".join("---" for _ in cols) + "|"]
-    for i in range(table.row_count):
-        lines.append("| " + " | ".join(str(list(c.cells)[i]) for c in cols) + " |")
-    return "\n".join(lines)
-
-
-def machine() -> str:
-    """The CPU model, its logical CPUs, torch's thread count and any GPU: the numbers depend on
-    them (a CPU's float kernels move rendered data and training; threads move verdicts)."""
-    import os
-    import platform
-    import re
-
-    import torch
-
-    model = platform.processor() or platform.machine() or "unknown CPU"
-    try:
-        found = re.search(r"(?m)^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text())
-        model = found[1].strip() if found else model
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    where = f"{model}, {os.cpu_count()} CPUs, {threads} thread{'s' * (threads != 1)}"
-    if torch.cuda.is_available():
-        where += f", {torch.cuda.get_device_name(0)}"
-    return re.sub(r"[;<>]", " ", where)  # kept out of the header's delimiters
-
-
-def save_result(name: str, body: str, seconds: float, extra: str = "") -> Path:
-    """bench/results/<name>.md: what `make bench-<name>` measured, with the date, the commit and
-    the wall time (bench/collect.py gathers these into the README's Results section)."""
-    import datetime
-
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.md"
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    where = machine()
-    head = (
-        f"<!-- bench: {name}; commit: {commit()}; date: {when}; machine: {where} -->\n"
-        f"`make bench-{name}` on {when}, commit {commit()}, wall {seconds / 60:.1f} min"
-        f"{extra}; machine: {where}.\n\n"
-    )
-    path.write_text(head + body.strip() + "\n")
-    return path

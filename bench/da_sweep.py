@@ -20,7 +20,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.common import bench_args, bench_params, canonical, print_artifact, run_stage, save_result
+from bench.common import bench_args, bench_params, canonical, print_artifact, run_stage
+from bench.report_io import save_result
 
 
 def main(argv: list[str] | None = None) -> None:

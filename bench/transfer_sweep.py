@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from bench.common import bench_args, bench_params, canonical, print_artifact, run_stage, save_result
+from bench.common import bench_args, bench_params, canonical, print_artifact, run_stage
+from bench.report_io import save_result
 
 CHAIN = ("source", "features", "finetune")
 
