@@ -89,8 +89,7 @@ def freshness(commit: str, modules: tuple[str, ...], code: dict | None = None) -
         return f"commit {sha} is not in this repository"
     changed = _git("diff", "--name-only", sha, "HEAD", "--", *paths).stdout.split()
     if changed:
-        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        return f"stale: {', '.join(changed[:3])}{more} changed since {sha}"
+        return _stale(changed, sha)
     if _git("status", "--porcelain", "--", *paths).stdout.strip():  # untracked files too
         return "stale: the checkout has uncommitted changes to the code"
     return "current"
@@ -107,8 +106,10 @@ def _recorded(files: dict[str, str | None], sha: str) -> str:
             changed.append("the prepared data (dvc.lock)")
         else:
             changed.append(entry + (" (deleted)" if now is None else ""))
-    if not changed:
-        return "current"
+    return _stale(changed, sha) if changed else "current"
+
+
+def _stale(changed: list[str], sha: str) -> str:
     more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
     return f"stale: {', '.join(changed[:3])}{more} changed since {sha}"
 
