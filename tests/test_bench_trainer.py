@@ -62,3 +62,23 @@ def test_both_arms_see_the_same_images_an_epoch(which, mnist):
     short.bare_index = lambda g: case.bare_index(g)[:-1]  # a loop that drops the last batch
     with pytest.raises(AssertionError, match=r"the trainer's loader gives \d+ batches of"):
         bench.epoch_images(short)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "word"),
+    [
+        ([1.00, 1.02, 0.99, 1.01, 1.00, 1.03, 0.98], "yes"),  # tight, above the goal
+        ([0.90, 0.91, 0.89, 0.92, 0.90, 0.91, 0.90], "NO"),  # tight, below it
+        ([0.93, 1.03, 0.87, 1.10, 0.95, 0.99, 0.91], "undetermined"),  # noisy, straddles it
+        ([0.932, 0.94, 0.93, 0.935, 0.938, 0.931, 0.936], "NO"),  # a median "just under" is NO
+    ],
+)
+def test_the_goal_verdict_is_decided_on_the_pairs_interval(pairs, word):
+    gmean, low, high, got = bench.verdict(pairs)
+    assert got == word
+    assert low < gmean < high
+
+
+def test_a_verdict_needs_two_repeats():
+    with pytest.raises(ValueError, match="at least 2 repeats"):
+        bench.verdict([1.0])
