@@ -95,7 +95,7 @@ test-slow: $(STAMP) ## run only the slow tests
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: bench-trainer bench-pipeline bench-ae bench-pretrain bench-transfer bench-da bench-gan bench-seq ## run every benchmark (hours: bench-da alone is 7 pairs of 12-55 min; PAIRS= splits it, e.g. over two checkouts with OMP_NUM_THREADS=1)
+bench: bench-trainer bench-pipeline bench-ae bench-pretrain bench-transfer bench-da bench-gan bench-seq ## run every benchmark (hours: bench-da alone is 7 pairs of 12-70 min; PAIRS= splits it, e.g. over two checkouts with OMP_NUM_THREADS=1)
 
 .PHONY: bench-all
 bench-all: bench bench-results ## every benchmark, then bench/results/REPORT.md and the README's Results section
@@ -105,7 +105,7 @@ bench-results: $(STAMP) ## collect bench/results/*.md (+ published numbers) into
 	$(BIN)/python -m bench.collect
 
 .PHONY: bench-pipeline
-bench-pipeline: data ## orchestration overhead vs a plain loop, cache warm/cold, peak RSS, scaling plot (~35 min)
+bench-pipeline: data ## orchestration overhead vs a plain loop, cache warm/cold, peak RSS, scaling plot (~1 h: 2 pairs on default)
 	$(BIN)/python -m bench.pipeline_overhead
 
 .PHONY: bench-ae

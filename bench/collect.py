@@ -25,7 +25,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report_io import CODE, PREPARED, RESULTS, current
+from bench.report_io import CODE, DURING, PREPARED, RESULTS, current
 
 REPO = RESULTS.parent.parent
 REFERENCES = REPO.parent / "shared" / "REFERENCES.md"
@@ -82,6 +82,8 @@ def freshness(commit: str, modules: tuple[str, ...], code: dict | None = None) -
     sha = commit.split()[0]
     if "uncommitted" in commit:
         return "measured with uncommitted changes"
+    if DURING in commit:
+        return "stale: its code or data changed while it ran (re-run it)"
     if code is not None and "files" in code:
         return _recorded(code["files"], sha)
     paths = [*CODE, *(f"bench/{m}.py" for m in modules)]

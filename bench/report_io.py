@@ -24,6 +24,7 @@ IMPORTED_FROM = ("src/adaptflow/", "flows/", "bench/")
 NOT_NUMBERS = ("bench/results/", "bench/report_io.py", "bench/collect.py")  # what writes/reads
 READ = ("params.yaml", "pyproject.toml", "constraints.txt")
 PREPARED = "dvc.lock:prepare:data/prepared"  # a pseudo-file: the `prepare` stage's outs md5
+DURING = "code changed during the run"  # in a result's commit: it is no commit's result
 
 
 def commit() -> str:
@@ -44,6 +45,27 @@ def commit() -> str:
     except OSError:
         return "unknown"
     return (head or "unknown") + (" + uncommitted changes" if dirty else "")
+
+
+def changed_during_run(root: Path, since: float | None = None) -> list[str]:
+    """The code and data files (CODE, bench/ but its results and writers, data/prepared) modified
+    after this process started (`since`): an edit or a checkout in the middle of a run. The
+    record, written at the end, would credit the numbers to code they were not computed with."""
+    if since is None:
+        import psutil
+
+        since = psutil.Process().create_time()
+    changed = []
+    for top in (*CODE, "bench", "data/prepared"):
+        path = root / top
+        files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
+        for f in files:
+            rel = f.relative_to(root).as_posix()
+            if not f.is_file() or rel.startswith(NOT_NUMBERS) or "__pycache__" in rel:
+                continue
+            if f.stat().st_mtime > since:
+                changed.append(rel)
+    return changed
 
 
 def markdown_table(table) -> str:
@@ -145,9 +167,11 @@ def save_result(
     path = RESULTS / f"{name}.md"
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = machine()
+    during = changed_during_run(RESULTS.parent.parent)
+    sha = commit() + (f" + {DURING} ({', '.join(during[:3])})" if during else "")
     head = (
-        f"<!-- bench: {name}; commit: {commit()}; date: {when}; machine: {where} -->\n"
-        f"`make bench-{name}` on {when}, commit {commit()}, wall {seconds / 60:.1f} min"
+        f"<!-- bench: {name}; commit: {sha}; date: {when}; machine: {where} -->\n"
+        f"`make bench-{name}` on {when}, commit {sha}, wall {seconds / 60:.1f} min"
         f"{extra}; machine: {where}.\n\n"
     )
     path.write_text(head + body.strip() + "\n")

@@ -187,6 +187,7 @@ def test_a_result_with_a_code_record_is_stale_only_when_what_it_used_changes(tmp
         spec = importlib.util.spec_from_file_location(name, repo / path)
         monkeypatch.setitem(sys.modules, name, importlib.util.module_from_spec(spec))
     monkeypatch.setattr(report_io, "RESULTS", repo / "bench" / "results")
+    monkeypatch.setattr(report_io, "changed_during_run", lambda root, since=None: [])  # test files
     monkeypatch.setattr(collect, "REPO", repo)
     modules = ("probe",)  # what BENCHES would list for it
     results = repo / "bench" / "results"
@@ -249,3 +250,32 @@ def test_the_code_record_holds_what_this_process_imported_but_not_the_reporting(
             ["git", "hash-object", path], cwd=root, capture_output=True, text=True, check=True
         )
         assert record[path] == git.stdout.strip(), path
+
+
+def test_a_file_changed_while_a_bench_ran_marks_its_result_stale(tmp_path, monkeypatch):
+    """The record is written when a run ends: an edit or a checkout in the middle of it would
+    otherwise credit the numbers to code they were not computed with."""
+    import os
+    import time
+
+    repo = tmp_path / "repo"
+    for d in ("src", "bench/results", "data/prepared"):
+        (repo / d).mkdir(parents=True)
+    for path in ("src/a.py", "bench/x_sweep.py", "data/prepared/d.npz", "README.md"):
+        (repo / path).write_text("v1\n")
+    started = time.time()
+    old = started - 100
+    for f in repo.rglob("*"):
+        os.utime(f, (old, old))
+    assert report_io.changed_during_run(repo, since=started) == []
+    (repo / "README.md").write_text("v2\n")  # not code
+    (repo / "bench" / "results" / "x.md").write_text("a result\n")  # not code
+    assert report_io.changed_during_run(repo, since=started) == []
+    (repo / "src" / "a.py").write_text("v2\n")
+    (repo / "data" / "prepared" / "d.npz").write_text("v2\n")
+    assert report_io.changed_during_run(repo, since=started) == [
+        "src/a.py",
+        "data/prepared/d.npz",
+    ]
+    during = f"abc1234 + {report_io.DURING} (src/a.py)"
+    assert collect.freshness(during, ("x_sweep",)).startswith("stale: its code or data changed")

@@ -1,0 +1,72 @@
+"""bench/pipeline_overhead.py's arithmetic: how a child's wall is split into parts, the goal's
+verdict over pairs, and the table built from them (the bench itself takes ~1 h: `make
+bench-pipeline`)."""
+
+from __future__ import annotations
+
+import pytest
+from bench import pipeline_overhead as bench
+
+
+def _child(imports, in_process, exit_, **timed):
+    return {
+        "imports": imports,
+        "in_process": in_process,
+        "exit": exit_,
+        "children_cpu": 3.0,
+        "load": 0.5,
+        "rss": {"self": 1.0, "tree": 1.2},
+        "eager": ["numpy", "torch"],
+        **timed,
+    }
+
+
+def test_a_childs_wall_splits_into_parts_that_add_up():
+    child = _child(2.0, 90.0, 4.0, **{"prefect start": 6.0, "tracking": 10.0, "plots": 3.0})
+    parts = bench._parts(child, wall=100.0)
+    assert parts["imports"] == pytest.approx(2.0 + (100.0 - 90.0 - 4.0))  # start-up, not exit
+    assert parts["exit"] == 4.0
+    assert parts["model logging"] == 0.0
+    assert parts["rest"] == pytest.approx(100.0 - 8.0 - 4.0 - 6.0 - 10.0 - 3.0)
+    assert sum(parts.values()) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    ("ratios", "starts"),
+    [
+        ([1.03, 1.08], "met"),
+        ([1.12, 1.116], "NOT met"),
+        ([1.028, 1.116], "undetermined"),
+        ([1.05], "met in the one pair run"),
+        ([1.2], "NOT met in the one pair run"),
+    ],
+)
+def test_the_ratio_goal_is_decided_over_the_pairs(ratios, starts):
+    assert bench.ratio_verdict(ratios).startswith(starts)
+
+
+def test_the_table_shows_each_pair_and_the_means():
+    pairs = []
+    for cold_wall, loop_wall in ((110.0, 100.0), (130.0, 100.0)):
+        loop = _child(5.0, 95.0, 0.5, tracking=4.0, plots=1.0)
+        bare = bench._bare(loop, 2.0)
+        pairs.append(
+            {
+                "cold_wall": cold_wall,
+                "cold": _child(5.0, cold_wall - 8.0, 3.0, tracking=6.0, **{"prefect start": 6.0}),
+                "warm_wall": 5.0,
+                "warm": _child(3.0, 4.0, 0.5),
+                "loop_wall": loop_wall,
+                "loop": loop,
+                "bare_imports": 2.0,
+                "bare": bare,
+                "ratio": cold_wall / bare,
+            }
+        )
+    table = bench.overhead_table({"profile": "default", "pairs": pairs})
+    assert bare == pytest.approx(95.0 - 5.0 - 4.0 - 1.0 + 2.0)
+    assert f"{110 / bare:.3f}, {130 / bare:.3f}" in table
+    assert "NOT met" in table  # 1.264 and 1.494 are both above 1.10
+    assert "warm ÷ cold = **0.042**" in table  # 5 / mean(110, 130)
+    assert "| **wall** | **120.0** | **100.0** | **5.0** |" in table
+    assert "interpreter exit" in table and "| 3.0 |" in table.split("interpreter exit")[1]
