@@ -2,7 +2,7 @@
 same stage functions called in a plain Python loop, the cache's warm ÷ cold run, peak memory,
 and how wall time scales with data size and with the number of sweep runs.
 
-    make bench-pipeline                          # smoke and default profiles + scaling, ~35 min
+    make bench-pipeline                          # smoke, 2 default pairs + scaling, ~1 h
     python -m bench.pipeline_overhead --profile smoke --no-scaling     # ~4 min
 
 Everything runs in a scratch project (a temporary folder: its own MLflow store and Prefect
