@@ -47,16 +47,20 @@ def commit() -> str:
     return (head or "unknown") + (" + uncommitted changes" if dirty else "")
 
 
-def changed_during_run(root: Path, since: float | None = None) -> list[str]:
-    """The code and data files (CODE, bench/ but its results and writers, data/prepared) modified
-    after this process started (`since`): an edit or a checkout in the middle of a run. The
-    record, written at the end, would credit the numbers to code they were not computed with."""
+def changed_during_run(
+    root: Path, since: float | None = None, only: list[str] | None = None
+) -> list[str]:
+    """The code and data files modified after this process started (`since`): an edit or a
+    checkout in the middle of a run. The record, written at the end, would credit the numbers to
+    code they were not computed with. `only`: the files of a code record (and data/prepared);
+    else all of CODE, bench/ but its results and writers, and data/prepared."""
     if since is None:
         import psutil
 
         since = psutil.Process().create_time()
     changed = []
-    for top in (*CODE, "bench", "data/prepared"):
+    tops = (*CODE, "bench") if only is None else [f for f in only if f != PREPARED]
+    for top in (*tops, "data/prepared"):
         path = root / top
         files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
         for f in files:
@@ -167,7 +171,9 @@ def save_result(
     path = RESULTS / f"{name}.md"
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = machine()
-    during = changed_during_run(RESULTS.parent.parent)
+    root = RESULTS.parent.parent
+    files = code_record(root) if coarse is None else None
+    during = changed_during_run(root, only=None if files is None else list(files))
     sha = commit() + (f" + {DURING} ({', '.join(during[:3])})" if during else "")
     head = (
         f"<!-- bench: {name}; commit: {sha}; date: {when}; machine: {where} -->\n"
@@ -180,7 +186,7 @@ def save_result(
             f"the code behind {path.name}: the git blob id of each repository file the bench "
             "process imported or read, and the prepared data's dvc.lock md5"
         )
-        record = {"about": about, "files": code_record(RESULTS.parent.parent)}
+        record = {"about": about, "files": files}
     else:
         record = {"about": f"{path.name} is judged by its commit", "coarse": coarse}
     sidecar = RESULTS / f"{name}.code.json"

@@ -187,7 +187,7 @@ def test_a_result_with_a_code_record_is_stale_only_when_what_it_used_changes(tmp
         spec = importlib.util.spec_from_file_location(name, repo / path)
         monkeypatch.setitem(sys.modules, name, importlib.util.module_from_spec(spec))
     monkeypatch.setattr(report_io, "RESULTS", repo / "bench" / "results")
-    monkeypatch.setattr(report_io, "changed_during_run", lambda root, since=None: [])  # test files
+    monkeypatch.setattr(report_io, "changed_during_run", lambda root, **_: [])  # test files
     monkeypatch.setattr(collect, "REPO", repo)
     modules = ("probe",)  # what BENCHES would list for it
     results = repo / "bench" / "results"
@@ -275,6 +275,14 @@ def test_a_file_changed_while_a_bench_ran_marks_its_result_stale(tmp_path, monke
     (repo / "data" / "prepared" / "d.npz").write_text("v2\n")
     assert report_io.changed_during_run(repo, since=started) == [
         "src/a.py",
+        "data/prepared/d.npz",
+    ]
+    # a result with a code record: only the files it used (and the prepared data) count
+    used = ["bench/x_sweep.py", report_io.PREPARED]
+    assert report_io.changed_during_run(repo, since=started, only=used) == ["data/prepared/d.npz"]
+    (repo / "bench" / "x_sweep.py").write_text("v2\n")
+    assert report_io.changed_during_run(repo, since=started, only=used) == [
+        "bench/x_sweep.py",
         "data/prepared/d.npz",
     ]
     during = f"abc1234 + {report_io.DURING} (src/a.py)"
