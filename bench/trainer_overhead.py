@@ -18,7 +18,8 @@ called `batch_losses`, so it trained DANN with a reversal weight of 0). The trai
 data through the loaders the stages use (`array_loader`, `PairedLoader`; the bare index gives
 the same batches and images per epoch, checked before timing) and does everything it does in a
 stage (loss bookkeeping, NaN check every `log_every` steps, epoch log) except validation, which
-the bare loop has no counterpart for. It runs as two arms: without the progress bar, as a stage
+the bare loop has no counterpart for, and what validation drives (early stopping, the copy of
+the best epoch's weights: `restore_best=False`, no `on_epoch_end`). It runs as two arms: without the progress bar, as a stage
 runs with `--no-progress` (CI's `make pipeline`), the arm the goal ≥ 0.95 is for; and with it,
 as a stage runs by default (`make pipeline`, the stage benches), its refresh drawn on stderr
 (live only when stderr is a terminal: the output says whether it was). Each repeat runs the
