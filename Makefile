@@ -105,7 +105,7 @@ bench-results: $(STAMP) ## collect bench/results/*.md (+ published numbers) into
 	$(BIN)/python -m bench.collect
 
 .PHONY: bench-pipeline
-bench-pipeline: data ## orchestration overhead vs a plain loop, cache warm/cold, peak RSS, scaling plot (~1 h: 2 pairs on default)
+bench-pipeline: data ## orchestration overhead vs a plain loop, cache warm/cold, peak RSS, scaling plot (~1.5 h: 3 pairs on default)
 	$(BIN)/python -m bench.pipeline_overhead
 
 .PHONY: bench-ae

@@ -50,25 +50,34 @@ def commit() -> str:
 def changed_during_run(
     root: Path, since: float | None = None, only: list[str] | None = None
 ) -> list[str]:
-    """The code and data files modified after this process started (`since`): an edit or a
-    checkout in the middle of a run. The record, written at the end, would credit the numbers to
-    code they were not computed with. `only`: the files of a code record (and data/prepared);
-    else all of CODE, bench/ but its results and writers, and data/prepared."""
+    """The code and data files modified (or deleted) after this process started (`since`): an
+    edit or a checkout in the middle of a run. The record, written at the end, would credit the
+    numbers to code they were not computed with. Code is what git tracks under `only` (the
+    files of a code record; default: CODE and bench/ but its results and writers), data the
+    files in data/prepared. Conservative: a file touched and put back counts as changed."""
+    import subprocess
+
     if since is None:
         import psutil
 
         since = psutil.Process().create_time()
+    tops = [*CODE, "bench"] if only is None else [f for f in only if f != PREPARED]
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", *tops], cwd=root, capture_output=True, text=True
+    ).stdout
+    files = [f for f in listed.split("\0") if f]
+    data = root / "data" / "prepared"
+    if data.is_dir():
+        files += sorted(f.relative_to(root).as_posix() for f in data.rglob("*") if f.is_file())
     changed = []
-    tops = (*CODE, "bench") if only is None else [f for f in only if f != PREPARED]
-    for top in (*tops, "data/prepared"):
-        path = root / top
-        files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
-        for f in files:
-            rel = f.relative_to(root).as_posix()
-            if not f.is_file() or rel.startswith(NOT_NUMBERS) or "__pycache__" in rel:
-                continue
-            if f.stat().st_mtime > since:
+    for rel in files:
+        if rel.startswith(NOT_NUMBERS):
+            continue
+        try:
+            if (root / rel).stat().st_mtime > since:
                 changed.append(rel)
+        except FileNotFoundError:
+            changed.append(rel + " (deleted)")
     return changed
 
 
@@ -173,7 +182,9 @@ def save_result(
     where = machine()
     root = RESULTS.parent.parent
     files = code_record(root) if coarse is None else None
-    during = changed_during_run(root, only=None if files is None else list(files))
+    # coarse: the code a child process may run (CODE) and the bench modules this one imported
+    bench = [f for f in imported_files(root) if f.startswith("bench/")]
+    during = changed_during_run(root, only=[*CODE, *bench] if files is None else list(files))
     sha = commit() + (f" + {DURING} ({', '.join(during[:3])})" if during else "")
     head = (
         f"<!-- bench: {name}; commit: {sha}; date: {when}; machine: {where} -->\n"

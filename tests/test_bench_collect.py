@@ -263,16 +263,25 @@ def test_a_file_changed_while_a_bench_ran_marks_its_result_stale(tmp_path, monke
         (repo / d).mkdir(parents=True)
     for path in ("src/a.py", "bench/x_sweep.py", "data/prepared/d.npz", "README.md"):
         (repo / path).write_text("v1\n")
+    run = dict(cwd=repo, check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q"], **run)
+    subprocess.run(["git", "add", "src", "bench", "README.md"], **run)
     started = time.time()
-    old = started - 100
-    for f in repo.rglob("*"):
-        os.utime(f, (old, old))
+
+    def touch(path: str, text: str, after: bool = True) -> None:
+        (repo / path).write_text(text)
+        when = started + 5 if after else started - 100  # explicit: no clock-tick races
+        os.utime(repo / path, (when, when))
+
+    for f in ("src/a.py", "bench/x_sweep.py", "data/prepared/d.npz", "README.md"):
+        touch(f, "v1\n", after=False)
     assert report_io.changed_during_run(repo, since=started) == []
-    (repo / "README.md").write_text("v2\n")  # not code
-    (repo / "bench" / "results" / "x.md").write_text("a result\n")  # not code
+    touch("README.md", "v2\n")  # not code
+    touch("bench/results/x.md", "a result\n")  # not code
+    touch("src/scratch.py", "untracked\n")  # not git's: not the code of any commit
     assert report_io.changed_during_run(repo, since=started) == []
-    (repo / "src" / "a.py").write_text("v2\n")
-    (repo / "data" / "prepared" / "d.npz").write_text("v2\n")
+    touch("src/a.py", "v2\n")
+    touch("data/prepared/d.npz", "v2\n")
     assert report_io.changed_during_run(repo, since=started) == [
         "src/a.py",
         "data/prepared/d.npz",
@@ -280,10 +289,21 @@ def test_a_file_changed_while_a_bench_ran_marks_its_result_stale(tmp_path, monke
     # a result with a code record: only the files it used (and the prepared data) count
     used = ["bench/x_sweep.py", report_io.PREPARED]
     assert report_io.changed_during_run(repo, since=started, only=used) == ["data/prepared/d.npz"]
-    (repo / "bench" / "x_sweep.py").write_text("v2\n")
+    (repo / "bench" / "x_sweep.py").unlink()
     assert report_io.changed_during_run(repo, since=started, only=used) == [
-        "bench/x_sweep.py",
+        "bench/x_sweep.py (deleted)",
         "data/prepared/d.npz",
     ]
     during = f"abc1234 + {report_io.DURING} (src/a.py)"
     assert collect.freshness(during, ("x_sweep",)).startswith("stale: its code or data changed")
+
+
+def test_save_result_marks_a_result_whose_code_changed_during_its_run(tmp_path, monkeypatch):
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    monkeypatch.setattr(report_io, "RESULTS", results)
+    monkeypatch.setattr(report_io, "changed_during_run", lambda root, **_: ["src/a.py"])
+    path = report_io.save_result("probe", "body", 60.0, coarse="child processes")
+    head = path.read_text().splitlines()[0]
+    assert f"+ {report_io.DURING} (src/a.py)" in head
+    assert collect.HEADER.search(path.read_text())["commit"].endswith("(src/a.py)")

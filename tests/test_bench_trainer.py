@@ -82,3 +82,12 @@ def test_the_goal_verdict_is_decided_on_the_pairs_interval(pairs, word):
 def test_a_verdict_needs_two_repeats():
     with pytest.raises(ValueError, match="at least 2 repeats"):
         bench.verdict([1.0])
+
+
+def test_the_verdict_interval_is_the_t_interval_of_the_mean_log_ratio():
+    """Two pairs, 1.0 and 1.2: mean log 0.0912, sd 0.1289, t(0.975, 1) = 12.706 (z, ddof=0 or
+    df=n would give another interval)."""
+    gmean, low, high, word = bench.verdict([1.0, 1.2])
+    assert gmean == pytest.approx(1.2**0.5)
+    assert (low, high) == (pytest.approx(0.3440, abs=1e-3), pytest.approx(3.489, abs=1e-2))
+    assert word == "undetermined"
