@@ -28,8 +28,9 @@ after another (never two at once on the 2 cores):
   above, undetermined when it straddles it (more pairs narrow it). The table shows each part's
   mean over the pairs.
 - cache: the same `adaptflow run` again (no --force) ÷ the cold run (goal ≤ 0.05).
-- exit: from the child's last line to its end (interpreter exit, atexit handlers: stopping
-  Prefect's temporary server), its own row, not counted as imports.
+- exit: from the child's last line to its end (interpreter finalisation; in the pipeline also
+  the atexit handler that stops Prefect's temporary server), its own row, not counted as
+  imports.
 - memory: the pipeline process's peak RSS (its own `ru_maxrss`) and, sampled every 0.2 s, with
   its children (Prefect's server); the CPU seconds the server used (its share of the cores).
 - other processes: the CPU seconds the whole machine spent beside each measurement's own
@@ -428,7 +429,7 @@ def overhead_table(r: dict) -> str:
     ratios = [p["ratio"] for p in runs]
     label = {
         "imports": "interpreter start + imports",
-        "exit": "interpreter exit (atexit: Prefect's server stopped)",
+        "exit": "interpreter exit (finalisation; the pipeline's stops Prefect's server)",
         "prefect start": "Prefect start (flow call until its body runs)",
         "tracking": "tracking: MLflow calls, adaptflow's logging and cache around them",
         "model logging": "model logging",
@@ -463,8 +464,8 @@ def overhead_table(r: dict) -> str:
         f"{bare:.1f} s; figures "
         "built before `savefig` stay in bare (not separable)",
         f"- Prefect's bookkeeping ≈ rest(pipeline) − rest(plain loop) = "
-        f"{parts['cold']['rest'] - parts['loop']['rest']:+.1f} s (compute noise included: "
-        "the same stages differ by a few percent between two runs); Prefect's server used "
+        f"{parts['cold']['rest'] - parts['loop']['rest']:+.1f} s (the spread between "
+        "two runs of the same stages included); Prefect's server used "
         f"{', '.join(f'{c:.1f}' for c in cpu)} CPU s in the cold run (niced: "
         "`flows.pipeline.SERVER_NICE`)",
         "- peak RSS: the pipeline process "
@@ -612,7 +613,9 @@ def main(argv: list[str] | None = None) -> None:
     sections = [f"{os.cpu_count()} CPU cores; every measurement in a fresh process.\n"]
     raw: dict = {}
     for profile in args.profile or ["smoke", "default"]:
-        pairs = PAIRS.get(profile, 1) if args.pairs is None or profile != "default" else args.pairs
+        pairs = (
+            args.pairs if args.pairs is not None and profile == "default" else PAIRS.get(profile, 1)
+        )
         r = overhead(profile, pairs)
         raw[profile] = r
         sections.append(f"#### Profile {profile}\n\n{overhead_table(r)}\n")

@@ -181,10 +181,13 @@ def save_result(
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = machine()
     root = RESULTS.parent.parent
-    files = code_record(root) if coarse is None else None
-    # coarse: the code a child process may run (CODE) and the bench modules this one imported
-    bench = [f for f in imported_files(root) if f.startswith("bench/")]
-    during = changed_during_run(root, only=[*CODE, *bench] if files is None else list(files))
+    if coarse is None:
+        files = code_record(root)
+        used = list(files)
+    else:  # the code a child process may run (CODE) and the bench modules this one imported
+        files = None
+        used = [*CODE, *(f for f in imported_files(root) if f.startswith("bench/"))]
+    during = changed_during_run(root, only=used)
     sha = commit() + (f" + {DURING} ({', '.join(during[:3])})" if during else "")
     head = (
         f"<!-- bench: {name}; commit: {sha}; date: {when}; machine: {where} -->\n"
