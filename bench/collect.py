@@ -9,7 +9,10 @@ its `results:begin` / `results:end` markers).
 Each result keeps the commit and date it was measured at, and beside it (<name>.code.json,
 bench/report_io.py) the blob id of every repository file its bench process imported or read and
 the prepared data's dvc.lock md5: it is current while all of those are the same in the checkout,
-else stale (re-run its bench), naming what changed. A result without that record, or whose bench
+else stale (re-run its bench), naming what changed. Of params.yaml only what the bench reads
+counts (BENCHES: its profile, resolved, and its stages' sections, plus every key outside the
+stage sections): trimming the default profile where the bench profile sets its own value, or
+another stage's section, stales nothing. A result without that record, or whose bench
 runs code in child processes it cannot see (the record says "coarse"), is judged coarsely: stale
 when anything in bench.report_io.CODE (src, flows, params, pins) or the bench modules it runs
 differs between its commit and the checkout. A benchmark with no result yet is listed as not
@@ -32,26 +35,52 @@ REFERENCES = REPO.parent / "shared" / "REFERENCES.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 STAGE = "common"  # bench/common.py runs the stage benches' stages (run_stage, bench_params)
 
-# (result name pattern, the bench modules its numbers come from, title, REFERENCES.md sections)
+# the stage sections of params.yaml (the rest, e.g. data, seed, device, counts for every bench)
+SECTIONS = ("ae", "pretrain", "transfer", "source", "features", "finetune", "da", "gan", "seq")
+TRANSFER = ("transfer", "source", "features", "finetune")
+
+# (result name pattern, the bench modules its numbers come from, title, REFERENCES.md sections,
+#  the params it reads: (its profile, the stage sections its stages read — a stage's own and
+#  those its src names as `params.<section>`), or None: all of params.yaml)
 BENCHES = (
     (
         "pretrain",
         ("pretrain_sweep", STAGE),
         "Greedy layer-wise pretraining",
         ("Greedy layer-wise pretraining",),
+        ("default", ("pretrain",)),
     ),
-    ("transfer", ("transfer_sweep", STAGE), "Transfer: feature extraction vs fine-tuning", ()),
+    (
+        "transfer",
+        ("transfer_sweep", STAGE),
+        "Transfer: feature extraction vs fine-tuning",
+        (),
+        ("bench", TRANSFER),
+    ),
     (
         "da*",
         ("da_sweep", STAGE),
         "Domain adaptation",
         ("Domain adaptation, digits", "A peer library measured here", "Embedded pairs"),
+        ("bench", ("da", "transfer")),
     ),
-    ("gan", ("gan_sweep", STAGE), "GANs", ("GAN",)),
-    ("seq", ("seq_sweep", STAGE), "Sequence models", ("MNIST-1D",)),
-    ("ae", ("ae_sweep", STAGE), "Autoencoders", ("Autoencoders / VAE",)),
-    ("trainer", ("trainer_overhead",), "Trainer efficiency", ()),
-    ("pipeline", ("pipeline_overhead",), "Orchestration overhead, cache, memory, scaling", ()),
+    ("gan", ("gan_sweep", STAGE), "GANs", ("GAN",), ("bench", ("gan",))),
+    ("seq", ("seq_sweep", STAGE), "Sequence models", ("MNIST-1D",), ("bench", ("seq",))),
+    ("ae", ("ae_sweep", STAGE), "Autoencoders", ("Autoencoders / VAE",), ("bench", ("ae",))),
+    (
+        "trainer",
+        ("trainer_overhead",),
+        "Trainer efficiency",
+        (),
+        ("default", ("ae", "da", *TRANSFER)),
+    ),
+    (
+        "pipeline",
+        ("pipeline_overhead",),
+        "Orchestration overhead, cache, memory, scaling",
+        (),
+        None,
+    ),
 )
 HEADER = re.compile(
     r"<!-- bench: (?P<name>[^;]+); commit: (?P<commit>[^;]+); date: (?P<date>[^;>]+?)"
@@ -73,19 +102,22 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
 
 
-def freshness(commit: str, modules: tuple[str, ...], code: dict | None = None) -> str:
+def freshness(
+    commit: str, modules: tuple[str, ...], code: dict | None = None, reads: tuple | None = None
+) -> str:
     """'current' when the code behind a result is the same as in the checkout, else why not.
 
     With its code record's `files` (`code`, read from <name>.code.json): each recorded file's
-    blob id and the prepared data's md5, now. Without one (or a "coarse" one): CODE and
-    bench/<module>.py of `modules` at its commit and in the checkout."""
+    blob id and the prepared data's md5, now; params.yaml by what the bench `reads` of it when
+    given (see params_view). Without one (or a "coarse" one): CODE and bench/<module>.py of
+    `modules` at its commit and in the checkout."""
     sha = commit.split()[0]
     if "uncommitted" in commit:
         return "measured with uncommitted changes"
     if DURING in commit:
         return "stale: its code or data changed while it ran (re-run it)"
     if code is not None and "files" in code:
-        return _recorded(code["files"], sha)
+        return _recorded(code["files"], sha, reads)
     paths = [*CODE, *(f"bench/{m}.py" for m in modules)]
     if _git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
         return f"commit {sha} is not in this repository"
@@ -97,18 +129,50 @@ def freshness(commit: str, modules: tuple[str, ...], code: dict | None = None) -
     return "current"
 
 
-def _recorded(files: dict[str, str | None], sha: str) -> str:
-    """'current' when every entry of a code record is the same in the checkout, else which not."""
+def _recorded(files: dict[str, str | None], sha: str, reads: tuple | None = None) -> str:
+    """'current' when every entry of a code record is the same in the checkout, else which not.
+    params.yaml, when the bench `reads` only part of it, counts as changed only if that part is
+    different (the recorded version is read back from git by its blob id)."""
     changed = []
     for entry, recorded in files.items():
         now = current(entry, REPO)
         if now == recorded:
+            continue
+        if entry == "params.yaml" and reads and recorded and now and _same_params(recorded, reads):
             continue
         if entry == PREPARED:
             changed.append("the prepared data (dvc.lock)")
         else:
             changed.append(entry + (" (deleted)" if now is None else ""))
     return _stale(changed, sha) if changed else "current"
+
+
+def params_view(text: str, profile: str, sections: tuple[str, ...]) -> dict | None:
+    """What a bench reads of params.yaml `text`: the params resolved for its `profile` (by the
+    current code) without the profiles table and without the stage sections not in `sections`.
+    None when the text does not resolve (then it counts as changed)."""
+    import yaml
+
+    from adaptflow.config import build_params, parse_overrides
+
+    try:
+        params = build_params(yaml.safe_load(text), parse_overrides([f"profile={profile}"]))
+    except Exception:  # noqa: BLE001 - any text that no longer resolves is a change
+        return None
+    view = params.model_dump(mode="json")
+    view.pop("profiles", None)
+    for section in set(SECTIONS) - set(sections):
+        view.pop(section, None)
+    return view
+
+
+def _same_params(blob: str, reads: tuple) -> bool:
+    """The recorded params.yaml (git blob `blob`) and the checkout's give `reads` the same view."""
+    old = _git("cat-file", "blob", blob)
+    if old.returncode != 0:  # not in this repository: cannot tell, so changed
+        return False
+    now = params_view((REPO / "params.yaml").read_text(), *reads)
+    return now is not None and params_view(old.stdout, *reads) == now
 
 
 def _stale(changed: list[str], sha: str) -> str:
@@ -127,13 +191,13 @@ def read_code(path: Path) -> dict | None:
         raise SystemExit(f"{sidecar}: not a code record ({e}); re-run its bench") from None
 
 
-def read_result(path: Path, modules: tuple[str, ...]) -> Result:
+def read_result(path: Path, modules: tuple[str, ...], reads: tuple | None = None) -> Result:
     text = path.read_text()
     m = HEADER.search(text)
     if m is None:
         raise SystemExit(f"{path}: no bench header (written by bench.report_io.save_result?)")
     body = text[m.end() :].strip()
-    state = freshness(m["commit"], modules, read_code(path))
+    state = freshness(m["commit"], modules, read_code(path), reads)
     where = (m["machine"] or "not recorded").strip()
     return Result(m["name"], m["commit"].strip(), m["date"].strip(), where, body, state)
 
@@ -199,7 +263,7 @@ def report(base: str) -> str:
         "|---|---|---|---|---|",
     ]
     sections = []
-    for pattern, modules, title, refs in BENCHES:
+    for pattern, modules, title, refs, reads in BENCHES:
         paths = sorted(RESULTS.glob(f"{pattern}.md"))
         name = pattern.rstrip("*")
         if not paths:
@@ -207,7 +271,7 @@ def report(base: str) -> str:
             continue
         parts = []
         for path in paths:
-            r = read_result(path, modules)
+            r = read_result(path, modules, reads)
             label = title if r.name == name else f"{title} ({r.name})"
             lines.append(f"| {label} | {r.date} | {r.commit} | {r.machine} | {r.state} |")
             warn = "" if r.state == "current" else f"**Not this code's numbers: {r.state}.**\n\n"

@@ -237,6 +237,70 @@ def test_a_result_with_a_code_record_is_stale_only_when_what_it_used_changes(tmp
     )
 
 
+def test_params_count_only_in_the_part_a_bench_reads(tmp_path, monkeypatch):
+    """A bench reads params.yaml through its profile and its stages' sections: a default
+    another profile overrides, or another stage's section, stales it not; its own section, a
+    shared key (data) or text that no longer resolves does. Checked on the real params.yaml."""
+    import yaml
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    real = (report_io.RESULTS.parent.parent / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(real)
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "params")
+    monkeypatch.setattr(collect, "REPO", repo)
+    files = {"params.yaml": report_io.blob_hash(repo / "params.yaml")}
+    raw = yaml.safe_load(real)
+    assert "epochs" in raw["profiles"]["bench"]["seq"]  # the bench overrides seq.epochs
+
+    def state(edit, reads) -> str:
+        tree = yaml.safe_load(real)
+        edit(tree)
+        (repo / "params.yaml").write_text(yaml.safe_dump(tree))
+        return collect._recorded(files, "abc1234", reads)
+
+    def seq_epochs(tree):
+        tree["seq"]["epochs"] += 1
+
+    stale = "stale: params.yaml changed since abc1234"
+    assert state(lambda t: None, ("bench", ("seq",))) == "current"  # reformatted, same params
+    assert state(seq_epochs, ("bench", ("seq",))) == "current"  # the bench's own value wins
+    assert state(seq_epochs, ("default", ("seq",))) == stale  # the default is what it reads
+    assert state(seq_epochs, ("default", ("gan",))) == "current"  # another stage's section
+    assert state(seq_epochs, None) == stale  # no reads given: the whole file counts
+
+    def bench_gan(tree):
+        tree["profiles"]["bench"]["gan"]["epochs"] += 1
+
+    assert state(bench_gan, ("bench", ("gan",))) == stale
+    assert state(bench_gan, ("default", ("gan",))) == "current"
+
+    def data(tree):
+        tree["data"]["sources"]["mnist"]["test_fraction"] = 0.3
+
+    assert state(data, ("bench", ("seq",))) == stale  # outside every stage section: everyone's
+
+    def broken(tree):
+        tree["seq"]["epochs"] = "many"
+
+    assert state(broken, ("default", ("gan",))) == stale  # does not resolve: a change
+    (repo / "params.yaml").write_text(real)
+    assert collect._recorded({"params.yaml": "0" * 40}, "abc1234", ("bench", ("gan",))) == stale
+
+
+def test_every_stage_section_is_known_to_the_params_reads():
+    from adaptflow.config import Params
+
+    stages = {
+        name for name, field in Params.model_fields.items() if "Stage" in str(field.annotation)
+    }
+    assert stages | {"transfer"} == set(collect.SECTIONS)
+    for _, _, _, _, reads in collect.BENCHES:
+        assert reads is None or set(reads[1]) <= set(collect.SECTIONS)
+
+
 def test_the_code_record_holds_what_this_process_imported_but_not_the_reporting():
     importlib.import_module("bench.common")  # as a stage bench does (it writes through it)
     root = report_io.RESULTS.parent.parent
