@@ -40,15 +40,16 @@ SECTIONS = ("ae", "pretrain", "transfer", "source", "features", "finetune", "da"
 TRANSFER = ("transfer", "source", "features", "finetune")
 
 # (result name pattern, the bench modules its numbers come from, title, REFERENCES.md sections,
-#  the params it reads: (its profile, the stage sections its stages read — a stage's own and
-#  those its src names as `params.<section>`), or None: all of params.yaml)
+#  the params it reads: (the profile it forces, None: the file's own `profile:`; the stage
+#  sections its stages read — their own and their StageSpec.shared_params, which the pipeline's
+#  cache key counts too; the trainer bench's: what it builds from), or None: all of params.yaml)
 BENCHES = (
     (
         "pretrain",
         ("pretrain_sweep", STAGE),
         "Greedy layer-wise pretraining",
         ("Greedy layer-wise pretraining",),
-        ("default", ("pretrain",)),
+        (None, ("pretrain",)),
     ),
     (
         "transfer",
@@ -147,23 +148,25 @@ def _recorded(files: dict[str, str | None], sha: str, reads: tuple | None = None
     return _stale(changed, sha) if changed else "current"
 
 
-def params_view(text: str, profile: str, sections: tuple[str, ...]) -> dict | None:
-    """What a bench reads of params.yaml `text`: the params resolved for its `profile` (by the
-    current code) without the profiles table and without the stage sections not in `sections`.
-    None when the text does not resolve (then it counts as changed)."""
+def params_view(text: str, profile: str | None, sections: tuple[str, ...]) -> str | None:
+    """What a bench reads of params.yaml `text`: the params resolved for its `profile` (None:
+    the file's own) by the current code, without the profiles table and the stage sections not
+    in `sections`, as JSON in the file's key order (the order of e.g. backbones or pairs decides
+    what runs first or at all). None when the text does not resolve (it counts as changed)."""
     import yaml
 
     from adaptflow.config import build_params, parse_overrides
 
     try:
-        params = build_params(yaml.safe_load(text), parse_overrides([f"profile={profile}"]))
+        forced = [] if profile is None else [f"profile={profile}"]
+        params = build_params(yaml.safe_load(text), parse_overrides(forced))
     except Exception:  # noqa: BLE001 - any text that no longer resolves is a change
         return None
     view = params.model_dump(mode="json")
     view.pop("profiles", None)
     for section in set(SECTIONS) - set(sections):
         view.pop(section, None)
-    return view
+    return json.dumps(view)
 
 
 def _same_params(blob: str, reads: tuple) -> bool:

@@ -258,7 +258,7 @@ def test_params_count_only_in_the_part_a_bench_reads(tmp_path, monkeypatch):
     def state(edit, reads) -> str:
         tree = yaml.safe_load(real)
         edit(tree)
-        (repo / "params.yaml").write_text(yaml.safe_dump(tree))
+        (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
         return collect._recorded(files, "abc1234", reads)
 
     def seq_epochs(tree):
@@ -270,6 +270,19 @@ def test_params_count_only_in_the_part_a_bench_reads(tmp_path, monkeypatch):
     assert state(seq_epochs, ("default", ("seq",))) == stale  # the default is what it reads
     assert state(seq_epochs, ("default", ("gan",))) == "current"  # another stage's section
     assert state(seq_epochs, None) == stale  # no reads given: the whole file counts
+
+    def image_models_swapped(tree):
+        models = tree["seq"]["image_models"]
+        tree["seq"]["image_models"] = dict(reversed(list(models.items())))
+
+    assert len(raw["seq"]["image_models"]) > 1
+    assert state(image_models_swapped, ("bench", ("seq",))) == stale  # order decides the runs
+
+    def own_profile(tree):
+        tree["profile"] = "smoke"
+
+    assert state(own_profile, ("default", ("seq",))) == "current"  # it forces its profile
+    assert state(own_profile, (None, ("seq",))) == stale  # it runs the file's own profile
 
     def bench_gan(tree):
         tree["profiles"]["bench"]["gan"]["epochs"] += 1
