@@ -171,3 +171,19 @@ def test_a_refused_run_end_is_retried_and_never_leaves_the_run_on_the_stack(
         assert mlflow.active_run().info.run_id == parent.info.run_id
     assert mlflow.active_run() is None
     assert MlflowClient().get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_a_stepped_image_is_written_before_the_call_returns(store):
+    """mlflow.log_image(key=...) queues to a thread per run by default: images still queued are
+    lost when the process is killed, and every run's thread is joined at exit (~0.5 s each)."""
+    import threading
+
+    import numpy as np
+
+    with runs.run("images") as run:
+        runs.log_image_step(np.linspace(0, 1, 64).reshape(8, 8), "gan/samples", 3)
+        files = [f.path for f in MlflowClient().list_artifacts(run.info.run_id, "images")]
+    assert len(files) == 2 and all("gan~samples+step+3+" in f for f in files), files
+    assert {f.rsplit(".", 1)[1] for f in files} == {"png", "webp"}
+    queued = [t.name for t in threading.enumerate() if "AsyncArtifacts" in t.name]
+    assert not queued, f"mlflow's async artifact threads are running: {queued}"

@@ -352,8 +352,11 @@ def log_figure(fig, path: str) -> None:
 
 @per_call
 def log_image_step(image: np.ndarray, key: str, step: int) -> None:
-    """One image of a series (the MLflow UI shows it with a step slider), (H, W) in [0, 1]."""
-    mlflow.log_image(np.clip(image, 0, 1).astype(np.float32), key=key, step=step)
+    """One image of a series (the MLflow UI shows it with a step slider), (H, W) in [0, 1].
+    Written before this returns (`synchronous=True`): mlflow's default queues it to a thread
+    per run, so a killed process loses the images still queued, and at exit each run's thread
+    is joined in turn (up to 1 s each: 4-10 s at the end of a default pipeline)."""
+    mlflow.log_image(np.clip(image, 0, 1).astype(np.float32), key=key, step=step, synchronous=True)
 
 
 @per_call
