@@ -60,6 +60,8 @@ def ephemeral_prefect(timeout: float = 300.0) -> Iterator[None]:
       ends with the process, and each flow's heartbeat thread costs up to 1 s at its end (it
       sleeps in 1 s steps; 9 flows: ~4 s of a cached re-run's ~25 s).
     - The server runs at a lower CPU priority (SERVER_NICE), set once it is up (`_started`).
+    - Temporary servers a killed run (SIGKILL, OOM) left running on this PREFECT_HOME are ended
+      first: each run records its server once it is up (`adaptflow.prefect_server`).
     With a server (an API URL in Prefect's settings: PREFECT_API_URL, a profile; e.g. `make
     prefect-server` or a deployment) nothing changes."""
     global _starting
@@ -70,6 +72,7 @@ def ephemeral_prefect(timeout: float = 300.0) -> Iterator[None]:
         return
     from prefect.context import SettingsContext
 
+    from adaptflow.prefect_server import reap_orphan_servers
     from adaptflow.tracking.store import acquire
 
     home = Path(get_current_settings().home)
@@ -78,6 +81,8 @@ def ephemeral_prefect(timeout: float = 300.0) -> Iterator[None]:
     # released in the flow's body; StoreError (exit 1, named file) after `timeout`
     _starting = acquire(path, timeout, "another adaptflow process is starting Prefect")
     try:
+        # what a killed run left on this database; under the lock: no run is starting one now
+        reap_orphan_servers(home)
         current = get_current_settings()
         quiet = current.model_copy(
             update={"flows": current.flows.model_copy(update={"heartbeat_frequency": None})}
@@ -97,10 +102,15 @@ def _started() -> None:
 
 
 def _nice_temporary_server() -> None:
-    """Lower the CPU priority of the temporary Prefect server this process started (if any):
-    every thread of it (on Linux a thread's nice is its own; the server's database threads
-    exist before this runs), else the process (elsewhere)."""
+    """Record the temporary Prefect server this process started (if any), for the run after a
+    kill to end it (`adaptflow.prefect_server`), and lower its CPU priority: every thread of it
+    (on Linux a thread's nice is its own; the server's database threads exist before this
+    runs), else the process (elsewhere)."""
     import os
+
+    from prefect.settings import get_current_settings
+
+    from adaptflow.prefect_server import record_server
 
     try:
         from prefect.server.api.server import SubprocessASGIServer  # not public API: best effort
@@ -113,6 +123,7 @@ def _nice_temporary_server() -> None:
         proc = getattr(server, "server_process", None)
         if proc is None or proc.poll() is not None:
             continue
+        record_server(get_current_settings().home, proc.pid)
         try:
             ids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
         except OSError:  # not Linux, or the server ended meanwhile

@@ -50,8 +50,9 @@ def client_of(project):
     return MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
 
 
-def stop_tree(proc: subprocess.Popen, sig: int) -> None:
-    """Send `sig` to the pipeline, wait for it, then SIGKILL whatever of its tree is left."""
+def stop_tree(proc: subprocess.Popen, sig: int, keep: frozenset[int] = frozenset()) -> None:
+    """Send `sig` to the pipeline, wait for it, then SIGKILL whatever of its tree is left but
+    the processes `keep` (pids: e.g. the server a SIGKILL orphans, for the re-run to end)."""
     try:
         tree = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
     except psutil.NoSuchProcess:  # it ended (and was reaped) already
@@ -60,7 +61,7 @@ def stop_tree(proc: subprocess.Popen, sig: int) -> None:
     try:
         proc.wait(120)
     finally:
-        for pid in tree:  # what a SIGKILL orphans (Prefect's temporary server)
+        for pid in set(tree) - keep:  # what a SIGKILL orphans (Prefect's temporary server)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -1,6 +1,7 @@
 """A pipeline killed in the middle of a later stage (SIGTERM; SIGKILL) and run again: the stages
 that finished come from the cache, the interrupted runs end KILLED (never left RUNNING), and
-every run, artifact, registered model version and prepared file reads back whole."""
+every run, artifact, registered model version and prepared file reads back whole. After a
+SIGKILL, Prefect's temporary server is left running, orphaned: the re-run ends it."""
 
 from __future__ import annotations
 
@@ -75,8 +76,36 @@ def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
     except BaseException:
         stop_tree(first, signal.SIGKILL)
         raise
-    stop_tree(first, sig)
-    said = first.stdout.read()
+    # a SIGKILL orphans the server (nobody stops it): left running for the re-run to end
+    orphans = {s.pid for s in servers} if sig == signal.SIGKILL else set()
+    stop_tree(first, sig, keep=frozenset(orphans))
+    try:
+        _resumes(client, project, prepared_mnist, first, sig, servers)
+    finally:
+        for s in servers:
+            if s.is_running():
+                s.kill()
+
+
+def _said(first) -> str:
+    """What the killed pipeline printed. Read without waiting for the end of its output: after a
+    SIGKILL the orphaned server still holds the pipe open, so a plain read() would never return."""
+    fd = first.stdout.fileno()
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _resumes(client, project, prepared_mnist, first, sig, servers) -> None:
+    said = _said(first)
     exps = [e.experiment_id for e in client.search_experiments()]
     killed = client.search_runs(exps, "attributes.status != 'FINISHED'")
     if sig == signal.SIGTERM:
@@ -87,6 +116,7 @@ def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
         assert all("SIGTERM" in r.data.tags["adaptflow.error"] for r in killed)
     else:
         assert first.returncode == -signal.SIGKILL
+        assert all(s.is_running() for s in servers)  # orphaned, still up: nobody ended it
         assert killed and {r.info.status for r in killed} == {"RUNNING"}  # nobody closed them
     names = {r.info.run_name for r in killed}
     assert {"pipeline-smoke", "pretrain"} <= names and "ae" not in names, names
@@ -94,6 +124,9 @@ def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
     second = start(project, prepared_mnist, *STAGES, *LONGER)
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out
+    if sig == signal.SIGKILL:  # the orphaned server was ended by the re-run, before its own
+        assert f"ended {len(servers)} temporary Prefect server(s)" in out, out
+    assert not [s for s in servers if s.is_running() and s.status() != psutil.STATUS_ZOMBIE]
     for r in killed:
         after = client.get_run(r.info.run_id)
         assert after.info.status == "KILLED", (r.info.run_name, after.info.status)
