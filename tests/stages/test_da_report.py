@@ -108,45 +108,35 @@ def test_without_source_only_there_is_no_verdict():
     assert r.verdict == FEW_SEEDS and "source_only not run" in measured
 
 
-def test_publish_counts_holm_corrected_claims(monkeypatch):
+def _publish(monkeypatch, df: pd.DataFrame, methods: list[str]) -> tuple[dict, str]:
+    """da_report.publish on hand-made records (every pair in `df`): (summary, report text)."""
     logged = {}
     monkeypatch.setattr(
         "adaptflow.tracking.runs.log_text", lambda text, name: logged.__setitem__(name, text)
     )
+    labels = list(dict.fromkeys(df["pair"]))
 
     class Cfg:
         selection, steps, checkpoints, batch_size, lr = "dev", 10, 2, 8, 1e-3
         seeds, grid = [0, 1, 2], {}
-        methods = ["source_only"] + [f"m{i}" for i in range(6)]
-        pairs = {"p": type("PC", (), {"source": "a", "target": "b", "reference": None})()}
-
-    # m0: a large consistent gain; m1..m5: a gain that holds alone (p ~ 0.0065) but not
-    # after Holm over ~17 tests
-    rows = {
-        "source_only": BASE,
-        "m0": [(0.95, 1.8, 0.3, 0.98), (0.96, 1.7, 0.32, 0.97), (0.95, 1.8, 0.31, 0.98)],
-    }
-    for i in range(1, 6):
-        rows[f"m{i}"] = [
-            (a + g, p, m, s) for (a, p, m, s), g in zip(BASE, (0.030, 0.036, 0.024), strict=True)
-        ]
-    df = records(rows)
-    extras = {
-        "p": {
-            "inputs": {"pad": 1.9},
-            "pair": {
-                "protocol": "split",
-                "steps": 10,
-                "n_source": 1,
-                "n_target": 1,
-                "n_target_train": 1,
-                "n_scored": 1,
-                "n_classes": 10,
-                "input_shape": (1, 8, 8),
-                "preprocessing": {},
-            },
+        pairs = {
+            label: type("PC", (), {"source": "a", "target": "b", "reference": None})()
+            for label in labels
         }
+
+    Cfg.methods = methods
+    info = {
+        "protocol": "split",
+        "steps": 10,
+        "n_source": 1,
+        "n_target": 1,
+        "n_target_train": 1,
+        "n_scored": 1,
+        "n_classes": 10,
+        "input_shape": (1, 8, 8),
+        "preprocessing": {},
     }
+    extras = {label: {"inputs": {"pad": 1.9}, "pair": info} for label in labels}
     recs = [
         r
         | {
@@ -159,11 +149,45 @@ def test_publish_counts_holm_corrected_claims(monkeypatch):
         for r in df.to_dict("records")
     ]
     summary = da_report.publish(recs, Cfg, {}, extras)
+    return summary, logged["da/report.md"]
+
+
+def test_holm_family_is_the_pair_whatever_ran_beside_it(monkeypatch):
+    # one marginal gain (p ~ 0.0065): it survives Holm over its pair's 3 claims (0.025 / 3)
+    # but would not over two pairs' 6 (0.025 / 6); the verdict must not depend on the grouping
+    gains = (0.030, 0.036, 0.024)
+    pads = (1.75, 1.75, 1.85)  # around BASE's: within noise
+    m0 = [(a + g, p, m, s) for (a, _, m, s), g, p in zip(BASE, gains, pads, strict=True)]
+    p = records({"source_only": BASE, "m0": m0}, pair="p")
+    q = records({"source_only": BASE, "m0": m0}, pair="q")
+    alone, report_alone = _publish(monkeypatch, p, ["source_only", "m0"])
+    both, report_both = _publish(monkeypatch, pd.concat([p, q]), ["source_only", "m0"])
+    assert alone["da/claims_holding_holm"] == 1
+    assert both["da/claims_holding_holm"] == 2  # each pair's own family: both survive
+    claim = "| p: m0 beats source-only (target acc) |"
+    (row_alone,) = [line for line in report_alone.splitlines() if line.startswith(claim)]
+    (row_both,) = [line for line in report_both.splitlines() if line.startswith(claim)]
+    assert row_alone == row_both and row_alone.endswith(f"| {HOLDS} |")
+
+
+def test_publish_counts_holm_corrected_claims(monkeypatch):
+    # m0: a large consistent gain; m1..m5: a gain that holds alone (p ~ 0.0065) but not
+    # after Holm over ~17 tests
+    rows = {
+        "source_only": BASE,
+        "m0": [(0.95, 1.8, 0.3, 0.98), (0.96, 1.7, 0.32, 0.97), (0.95, 1.8, 0.31, 0.98)],
+    }
+    for i in range(1, 6):
+        rows[f"m{i}"] = [
+            (a + g, p, m, s) for (a, p, m, s), g in zip(BASE, (0.030, 0.036, 0.024), strict=True)
+        ]
+    summary, report = _publish(
+        monkeypatch, records(rows), ["source_only"] + [f"m{i}" for i in range(6)]
+    )
     assert summary["da/claims_holding"] == 6  # every method's accuracy claim alone
     assert summary["da/claims_holding_holm"] == 1  # only m0's survives the correction
-    assert f"{HOLDS} (Holm: {NOISE})" in logged["da/report.md"]
+    assert f"{HOLDS} (Holm: {NOISE})" in report
     assert summary["da/claims"] == pytest.approx(6 + 6 * 2)
-    report = logged["da/report.md"]
     assert "m0 1.0 % (lowest seed 1.0 %), m1 50.0 %" in report and "Below 5 % on a seed" in report
     (m1_row,) = [line for line in report.splitlines() if line.startswith("| m1 |")]
     assert m1_row.split(" | ")[3] == "–"  # the last-checkpoint column
