@@ -28,7 +28,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report_io import CODE, DURING, PREPARED, RESULTS, current
+from bench.report_io import CODE, DURING, ON_DISK, PREPARED, RESULTS, current, machine
 
 REPO = RESULTS.parent.parent
 REFERENCES = REPO.parent / "shared" / "REFERENCES.md"
@@ -77,7 +77,7 @@ BENCHES = (
     ),
     (
         "pipeline",
-        ("pipeline_overhead",),
+        ("pipeline_overhead", "trainer_overhead"),  # its goal rule is the trainer bench's verdict
         "Orchestration overhead, cache, memory, scaling",
         (),
         None,
@@ -143,6 +143,8 @@ def _recorded(files: dict[str, str | None], sha: str, reads: tuple | None = None
             continue
         if entry == PREPARED:
             changed.append("the prepared data (dvc.lock)")
+        elif entry == ON_DISK:
+            changed.append("the prepared data on disk (data/prepared, `make data`)")
         else:
             changed.append(entry + (" (deleted)" if now is None else ""))
     return _stale(changed, sha) if changed else "current"
@@ -248,6 +250,34 @@ def _command(r: Result, name: str) -> str:
     return r.body.replace(f"`make bench-{r.name}`", f"`make bench-{name} PAIRS={pairs}`", 1)
 
 
+def same_machine(recorded: str, here: str) -> bool:
+    """The same CPU model, CPU count and GPU (the thread count is the bench's own choice); a
+    result from before the header named its machine cannot be told apart: not flagged."""
+    if recorded == "not recorded":
+        return True
+
+    def host(where: str) -> str:
+        return re.sub(r", \d+ threads?", "", where).strip()
+
+    return host(recorded) == host(here)
+
+
+def overlaps(stems: list[str], name: str) -> dict[str, str]:
+    """Results of one bench split by PAIRS= (`name`-a-b, ...) that measure a pair twice, or a
+    whole run (`name`) beside parts: stem -> what it shares with which (keep one of them)."""
+    covers = {s: {"all"} if s == name else set(s[len(name) + 1 :].split("-")) for s in stems}
+    out = {}
+    for s in stems:
+        for other in stems:
+            if other == s:
+                continue
+            shared = covers[s] & covers[other] or (covers[s] | covers[other]) & {"all"}
+            if shared:
+                what = "every pair" if "all" in shared else ", ".join(sorted(shared))
+                out[s] = f"overlaps {other} ({what} in both: keep one, git rm the other)"
+    return out
+
+
 def report(base: str) -> str:
     head = _git("rev-parse", "--short", "HEAD").stdout.strip()
     lines = [
@@ -266,6 +296,7 @@ def report(base: str) -> str:
         "|---|---|---|---|---|",
     ]
     sections = []
+    here = machine()
     for pattern, modules, title, refs, reads in BENCHES:
         paths = sorted(RESULTS.glob(f"{pattern}.md"))
         name = pattern.rstrip("*")
@@ -273,8 +304,13 @@ def report(base: str) -> str:
             lines.append(f"| {title} | not yet | – | – | run `make bench-{name}` |")
             continue
         parts = []
+        clashes = overlaps([p.stem for p in paths], name)
         for path in paths:
             r = read_result(path, modules, reads)
+            if path.stem in clashes:
+                r.state = f"{clashes[path.stem]}; {r.state}"
+            if r.state == "current" and not same_machine(r.machine, here):
+                r.state = f"current code, measured on another machine (this one: {here})"
             label = title if r.name == name else f"{title} ({r.name})"
             lines.append(f"| {label} | {r.date} | {r.commit} | {r.machine} | {r.state} |")
             warn = "" if r.state == "current" else f"**Not this code's numbers: {r.state}.**\n\n"

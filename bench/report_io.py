@@ -24,6 +24,9 @@ IMPORTED_FROM = ("src/adaptflow/", "flows/", "bench/")
 NOT_NUMBERS = ("bench/results/", "bench/report_io.py", "bench/collect.py")  # what writes/reads
 READ = ("params.yaml", "pyproject.toml", "constraints.txt")
 PREPARED = "dvc.lock:prepare:data/prepared"  # a pseudo-file: the `prepare` stage's outs md5
+# and what is on disk (dvc.lock only says what `dvc repro` last wrote): the prepared manifests,
+# each holding its arrays' digests (records from before this entry lack it)
+ON_DISK = "data/prepared/*.json"
 DURING = "code changed during the run"  # in a result's commit: it is no commit's result
 
 
@@ -61,7 +64,7 @@ def changed_during_run(
         import psutil
 
         since = psutil.Process().create_time()
-    tops = [*CODE, "bench"] if only is None else [f for f in only if f != PREPARED]
+    tops = [*CODE, "bench"] if only is None else [f for f in only if f not in (PREPARED, ON_DISK)]
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--", *tops], cwd=root, capture_output=True, text=True
     ).stdout
@@ -135,9 +138,22 @@ def prepared_md5(root: Path) -> str | None:
     return next((o.get("md5") for o in outs if o.get("path") == "data/prepared"), None)
 
 
+def prepared_on_disk(root: Path) -> str | None:
+    """One hash of the prepared manifests on disk (names and contents), None without any."""
+    manifests = sorted((root / "data" / "prepared").glob("*.json"))
+    if not manifests:
+        return None
+    listing = "".join(f"{m.name} {blob_hash(m)}\n" for m in manifests)
+    return hashlib.sha1(listing.encode()).hexdigest()
+
+
 def current(entry: str, root: Path) -> str | None:
     """What a code record's entry is in the checkout at `root` now."""
-    return prepared_md5(root) if entry == PREPARED else blob_hash(root / entry)
+    if entry == PREPARED:
+        return prepared_md5(root)
+    if entry == ON_DISK:
+        return prepared_on_disk(root)
+    return blob_hash(root / entry)
 
 
 def imported_files(root: Path) -> list[str]:
@@ -161,6 +177,7 @@ def code_record(root: Path) -> dict[str, str | None]:
     """Every file behind this process's numbers and the prepared data, with their hashes."""
     record = {path: blob_hash(root / path) for path in {*imported_files(root), *READ}}
     record[PREPARED] = prepared_md5(root)
+    record[ON_DISK] = prepared_on_disk(root)
     return dict(sorted(record.items()))
 
 

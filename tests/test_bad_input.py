@@ -262,6 +262,12 @@ def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
 PATHS = _paths(RAW)
 
 
+def _get(node: Any, path: tuple) -> Any:
+    for k in path:
+        node = node[k]
+    return node
+
+
 @st.composite
 def mutated_params(draw) -> dict:
     """The real params with 1-3 keys replaced, deleted or added: deep enough to reach the
@@ -308,6 +314,32 @@ FUZZ = settings(
 @given(mutated_params())
 def test_fuzz_mutated_params_never_traceback(raw):
     event(_outcome(raw))
+
+
+# every number in the real params, but in `profiles` (laid over them by name) and in a
+# backbone's `kwargs` (timm.create_model's, passed as they are: timm checks them when the model
+# is built, models/backbones.py names the backbone then)
+NUMERIC = [
+    path
+    for path in PATHS
+    if path[0] != "profiles" and "kwargs" not in path and type(_get(RAW, path)) in (int, float)
+]
+
+
+@FUZZ
+@given(
+    st.sampled_from(NUMERIC),
+    st.dictionaries(st.text(max_size=6), VALUES, min_size=1, max_size=3)
+    | st.text(alphabet="xyz", min_size=1, max_size=6),
+)
+def test_fuzz_a_number_replaced_by_a_mapping_or_a_word_is_refused(path, value):
+    # the fuzz above only shows nothing escapes; this shows the loader checks: a number where
+    # a mapping or a word now stands is never accepted, and the message names its key
+    raw = copy.deepcopy(RAW)
+    _get(raw, path[:-1])[path[-1]] = value
+    with pytest.raises(ParamsError) as e:
+        build_params(raw)
+    assert str(path[-1]) in str(e.value), (path, str(e.value))
 
 
 @FUZZ

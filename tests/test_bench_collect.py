@@ -182,6 +182,9 @@ def test_a_result_with_a_code_record_is_stale_only_when_what_it_used_changes(tmp
     git("add", "-A")
     git("commit", "-qm", "first")
     first = git("rev-parse", "--short", "HEAD")
+    manifest = repo / "data" / "prepared" / "mnist.json"  # git-ignored in a real checkout
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"sha256": "aa"}')
     for path in ("src/adaptflow/used.py", "bench/probe.py", "bench/helper.py"):
         name = "probe_" + path.replace("/", "_").removesuffix(".py")
         spec = importlib.util.spec_from_file_location(name, repo / path)
@@ -203,6 +206,7 @@ def test_a_result_with_a_code_record_is_stale_only_when_what_it_used_changes(tmp
         "bench/helper.py",
         "bench/probe.py",
         "constraints.txt",
+        "data/prepared/*.json",
         "dvc.lock:prepare:data/prepared",
         "params.yaml",
         "pyproject.toml",
@@ -225,6 +229,11 @@ def test_a_result_with_a_code_record_is_stale_only_when_what_it_used_changes(tmp
     commit("dvc.lock", lock.format("b" * 32))  # other prepared data
     assert state("probe") == f"stale: the prepared data (dvc.lock) changed since {first}"
     commit("dvc.lock", files["dvc.lock"])
+    manifest.write_text('{"sha256": "bb"}')  # data made again outside dvc: dvc.lock unchanged
+    on_disk = "the prepared data on disk (data/prepared, `make data`)"
+    assert state("probe") == f"stale: {on_disk} changed since {first}"
+    manifest.write_text('{"sha256": "aa"}')
+    assert state("probe") == "current"
     commit("bench/helper.py", None)
     assert state("probe") == f"stale: bench/helper.py (deleted) changed since {first}"
     assert state("plain") == coarse  # the coarse rule: helper.py is not among its modules
@@ -384,3 +393,21 @@ def test_save_result_marks_a_result_whose_code_changed_during_its_run(tmp_path, 
     head = path.read_text().splitlines()[0]
     assert f"+ {report_io.DURING} (src/a.py)" in head
     assert collect.HEADER.search(path.read_text())["commit"].endswith("(src/a.py)")
+
+
+def test_split_results_that_measure_a_pair_twice_are_flagged():
+    assert collect.overlaps(["da-a-b", "da-c"], "da") == {}  # a clean split
+    both = collect.overlaps(["da-a-b", "da-b-c"], "da")
+    assert set(both) == {"da-a-b", "da-b-c"} and "overlaps da-b-c (b in both" in both["da-a-b"]
+    whole = collect.overlaps(["da", "da-a"], "da")
+    assert "every pair" in whole["da"] and "every pair" in whole["da-a"]
+    assert collect.overlaps(["gan"], "gan") == {}
+
+
+def test_a_result_from_another_machine_is_told_apart_but_not_by_its_thread_count():
+    here = "AMD EPYC, 2 CPUs, 2 threads"
+    assert collect.same_machine("AMD EPYC, 2 CPUs, 1 thread", here)
+    assert not collect.same_machine("Intel Xeon, 2 CPUs, 2 threads", here)
+    assert not collect.same_machine("AMD EPYC, 8 CPUs, 2 threads", here)
+    assert not collect.same_machine("AMD EPYC, 2 CPUs, 2 threads, NVIDIA T4", here)
+    assert collect.same_machine("not recorded", here)
