@@ -3,6 +3,7 @@ same stage functions called in a plain Python loop, the cache's warm ÷ cold run
 and how wall time scales with data size and with the number of sweep runs.
 
     make bench-pipeline                          # smoke, 3 default pairs + scaling, ~1.5 h
+    make bench-pipeline PIPELINE_PAIRS=5         # the same with 5 default pairs (~+50 min)
     python -m bench.pipeline_overhead --profile smoke --no-scaling     # ~4 min
 
 Everything runs in a scratch project (a temporary folder: its own MLflow store and Prefect
@@ -14,8 +15,8 @@ after another (never two at once on the 2 cores):
   outermost first: importing adaptflow's CLI and flows; Prefect's start (the flow call until
   its body runs: the temporary server); every MlflowClient call (the tracking: runs, params,
   metrics, tags, artifacts, the registry; mlflow's fluent API goes through it); model logging
-  (`log_torch_model`: the pickled model, its signature and code); plots (figures rendered and
-  logged). The rest is the stages' compute plus Prefect's flow/task bookkeeping.
+  (`log_torch_model`: the pickled model, its signature and code; and `load_torch_model`, an
+  upstream stage's model loaded back); plots (figures rendered and logged). The rest is the stages' compute plus Prefect's flow/task bookkeeping.
 - plain loop: the same stages' `execute()` in turn in a child process, no Prefect (the stages'
   sweep units run directly), with the same timers. Its "bare" time is its wall minus tracking,
   model logging and plots, plus the imports a bare script needs (torch, timm, scikit-learn):
@@ -27,19 +28,25 @@ after another (never two at once on the 2 cores):
   interval of the pairs' mean log ratio: met when it lies at or below the goal, NOT met when
   above, undetermined when it straddles it (more pairs narrow it). The table shows each part's
   mean over the pairs.
-- cache: the same `adaptflow run` again (no --force) ÷ the cold run (goal ≤ 0.05).
+- cache: the same `adaptflow run` again (no --force) ÷ the cold run (goal ≤ 0.05), decided per
+  pair like the ratio; the bench stops if the cold run took a stage from the cache or the warm
+  one recomputed any.
 - exit: from the child's last line to its end (interpreter finalisation; in the pipeline also
   the atexit handler that stops Prefect's temporary server), its own row, not counted as
   imports.
 - memory: the pipeline process's peak RSS (its own `ru_maxrss`) and, sampled every 0.2 s, with
-  its children (Prefect's server); the CPU seconds the server used (its share of the cores).
+  its children (Prefect's server); the goal (< 4 GiB) is decided on a bound: the process's own
+  peak + its children's sampled peak; the CPU seconds the server used (its share of the cores).
 - other processes: the CPU seconds the whole machine spent beside each measurement's own
   process tree (system busy time minus the tree's, from /proc via psutil and getrusage) and
   the hypervisor's steal: a busy machine shows there.
 - scaling (stage `pretrain`): wall vs training-set size 1×/2×/4× (800 images at 1×, the
-  default encoder and epochs) and vs the number of sweep runs (seeds) 1/4/16 at smoke
-  sizes, pipeline and plain loop; the per-run overhead is the
-  slope of (pipeline − bare) over runs (goal < 1 s). A plot goes to bench/results/scaling.png.
+  default encoder and epochs) and vs the number of sweep runs (seeds) 1/4/16/32/64 at smoke
+  sizes, pipeline and plain loop; the per-run overhead is the slope of (pipeline − bare) over
+  runs, decided on its 95 % t interval (goal < 1 s); each axis's overhead slope is shown with
+  its interval. A plot goes to bench/results/scaling.png.
+- before the first measurement, one untimed child imports what the children import (a cold
+  page cache would be charged to whichever side ran first).
 
 The tables go to stdout and to bench/results/pipeline.md (with the date and commit; the README's
 Results section is collected from bench/results/ by `make bench-results`).
@@ -69,7 +76,8 @@ RATIO_GOAL, CACHE_GOAL, PER_RUN_GOAL, RSS_GOAL_GIB = 1.10, 0.05, 1.0, 4.0
 PARTS = ("imports", "exit", "prefect start", "tracking", "model logging", "plots", "rest")
 PAIRS = {"smoke": 1, "default": 3}  # pipeline/loop pairs per profile (--pairs overrides default)
 SCALE_DATA = (1, 2, 4)
-SCALE_RUNS = (1, 4, 16)
+# 32 and 64 give the slope a lever and 3 degrees of freedom (1, 4, 16 alone: one)
+SCALE_RUNS = (1, 4, 16, 32, 64)
 SCALE_BASE = 800  # training images at 1× (the split has 3,600 outside the monitor images)
 # the data axis: smoke's pretrain with the default encoder and more epochs, one seed, so the
 # computation (not the fixed start-up) grows with the data
@@ -139,6 +147,7 @@ def _install(timers: Timers) -> None:
     from adaptflow.tracking import models, runs
 
     timers.wrap(models, "log_torch_model", "model logging")
+    timers.wrap(models, "load_torch_model", "model logging")  # an upstream stage's, loaded back
     for name in ("log_figure", "log_gif", "log_image_step"):
         timers.wrap(runs, name, "plots")
     for name in TRACKING_HELPERS:  # adaptflow's own work around MLflow calls (npz, digests)
@@ -169,9 +178,13 @@ def child_pipeline(args: list[str]) -> dict:
     called: list[float] = []
     real_flow = pipeline.pipeline_flow
 
+    outcomes: dict[str, dict] = {}
+
     def pipeline_flow(*a, **k):  # what cli.run calls (it imports it at call time)
         called.append(time.perf_counter())
-        return real_flow(*a, **k)
+        out = real_flow(*a, **k)
+        outcomes.update(out)
+        return out
 
     pipeline.pipeline_flow = pipeline_flow
     code = cli.app(["run", "--no-progress", *args], standalone_mode=False)
@@ -182,6 +195,8 @@ def child_pipeline(args: list[str]) -> dict:
         "imports": imported - t0,
         "prefect start": (started[0] - called[0]) if started and called else 0.0,
         "in_process": end - t0,
+        "stages": len(outcomes),
+        "cached": sum(bool(o.get("cache_hit")) for o in outcomes.values()),
         **timers.seconds,
     }
 
@@ -253,19 +268,20 @@ def _child(project: Path, mode: str, payload: dict) -> tuple[float, dict]:
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-        peak_tree = 0
+        peak_tree = peak_kids = 0
         cpu: dict[int, float] = {}  # the children's CPU seconds, last seen per pid
         while proc.poll() is None:  # every 0.2 s: the process with its children
             try:
                 kids = proc.children(recursive=True)
-                tree = proc.memory_info().rss + sum(c.memory_info().rss for c in kids)
+                kids_rss = sum(c.memory_info().rss for c in kids)
+                tree = proc.memory_info().rss + kids_rss
                 for c in kids:
                     t = c.cpu_times()
                     cpu[c.pid] = t.user + t.system
             except psutil.Error:  # a child ended between the listing and the reading
                 pass
             else:
-                peak_tree = max(peak_tree, tree)
+                peak_tree, peak_kids = max(peak_tree, tree), max(peak_kids, kids_rss)
             time.sleep(0.2)
     ended = time.time()
     machine1, ours1 = psutil.cpu_times(), _our_cpu()
@@ -274,7 +290,13 @@ def _child(project: Path, mode: str, payload: dict) -> tuple[float, dict]:
         sys.exit(f"{mode} failed ({proc.returncode}):\n{log.read_text()[-4000:]}")
     result = json.loads(out.read_text())
     own = result.pop("maxrss_kib") * 1024
-    result["rss"] = {"self": own / 1024**3, "tree": max(peak_tree, own) / 1024**3}
+    result["rss"] = {
+        "self": own / 1024**3,
+        "tree": max(peak_tree, own) / 1024**3,
+        # the process's exact peak + its children's sampled one: at or above the tree's peak
+        # unless a child's peak fell between two samples
+        "bound": (own + peak_kids) / 1024**3,
+    }
     result["children_cpu"] = sum(cpu.values())
     result["exit"] = max(0.0, ended - result.pop("done_at"))  # ± the 0.2 s of the polling
     result["others_cpu"] = max(0.0, (_busy(machine1) - _busy(machine0)) - (ours1 - ours0))
@@ -332,6 +354,18 @@ def scratch_project():
         yield project
 
 
+WARM_UP = "import adaptflow.cli, flows.pipeline, torch, timm, sklearn, mlflow, matplotlib.pyplot"
+
+
+def _warm_up() -> None:
+    """One untimed child before the first measurement: it reads the interpreter's and the
+    libraries' files into the page cache, which the first timed child paid for alone (at
+    c7eda36 the smoke profile's first pipeline took 24.5 s to start, the runs after it 4.1–4.4)."""
+    print("warm-up (untimed): imports in a child process ...", flush=True)
+    with scratch_project() as project:
+        subprocess.run([sys.executable, "-c", WARM_UP], cwd=project, env=_env(project), check=True)
+
+
 def _prepared_dir() -> str:
     path = REPO / "data" / "prepared"
     if not any(path.glob("*.json")):
@@ -370,10 +404,32 @@ def overhead(profile: str, pairs: int) -> dict:
 
         for side in (loop_side, pipeline_side) if i % 2 else (pipeline_side, loop_side):
             side()
+        check_cache(r["cold"], r["warm"], tag)
         r["bare"] = _bare(r["loop"], r["bare_imports"])
         r["ratio"] = r["cold_wall"] / r["bare"]
         runs.append(r)
     return {"profile": profile, "pairs": runs}
+
+
+def check_cache(cold: dict, warm: dict, tag: str) -> None:
+    """The cold run computed every stage and the warm re-run took every one from the cache;
+    else warm ÷ cold does not measure the cache and the bench stops, saying which."""
+    problems = []
+    if not cold.get("stages") or cold.get("cached"):
+        problems.append(
+            f"the cold run (--force) took {cold.get('cached')} of "
+            f"{cold.get('stages')} stages from the cache"
+        )
+    if warm.get("stages") != cold.get("stages") or warm.get("cached") != warm.get("stages"):
+        problems.append(
+            f"the warm re-run took {warm.get('cached')} of {warm.get('stages')} "
+            f"stages from the cache (the cold run had {cold.get('stages')})"
+        )
+    if problems:
+        raise SystemExit(
+            f"{tag} " + "; ".join(problems) + ": warm ÷ cold would not measure "
+            "the cache (is a stage's cache key not deterministic?)"
+        )
 
 
 def ratio_verdict(ratios: list[float], goal: float = RATIO_GOAL) -> str:
@@ -432,7 +488,7 @@ def overhead_table(r: dict) -> str:
         "exit": "interpreter exit (finalisation; the pipeline's stops Prefect's server)",
         "prefect start": "Prefect start (flow call until its body runs)",
         "tracking": "tracking: MLflow calls, adaptflow's logging and cache around them",
-        "model logging": "model logging",
+        "model logging": "model logging (and upstream models loaded back)",
         "plots": "plots (render + log)",
         "rest": "the rest: stage compute (+ Prefect bookkeeping)",
     }
@@ -456,6 +512,7 @@ def overhead_table(r: dict) -> str:
             f"| {parts['warm'][k]:.1f} |"
         )
     eager = ", ".join(runs[0]["loop"]["eager"])
+    bound = max(p["cold"]["rss"].get("bound", p["cold"]["rss"]["tree"]) for p in runs)
     cpu = [p["cold"]["children_cpu"] for p in runs]
     others = [f"{p[s]['others_cpu']:.0f}" for p in runs for s in ("cold", "loop")]
     steal = sum(p[s]["steal"] for p in runs for s in ("cold", "loop"))
@@ -474,8 +531,9 @@ def overhead_table(r: dict) -> str:
         "- peak RSS: the pipeline process "
         f"{max(p['cold']['rss']['self'] for p in runs):.2f} GiB (`ru_maxrss`), with its "
         f"children (Prefect's server; sampled every 0.2 s) "
-        f"{max(p['cold']['rss']['tree'] for p in runs):.2f} GiB (goal: well under "
-        f"{RSS_GOAL_GIB:.0f}); the plain loop {max(p['loop']['rss']['self'] for p in runs):.2f} GiB",
+        f"{max(p['cold']['rss']['tree'] for p in runs):.2f} GiB, at most {bound:.2f} GiB (its "
+        f"own peak + the children's; goal < {RSS_GOAL_GIB:.0f} GiB: **{rss_verdict(bound)}**); "
+        f"the plain loop {max(p['loop']['rss']['self'] for p in runs):.2f} GiB",
         f"- other processes' CPU seconds beside each cold pipeline / plain loop: "
         f"{', '.join(others)}; the hypervisor's steal, all of them: {steal:.0f} s",
     ]
@@ -514,18 +572,47 @@ def _fit(xs, ys) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
+def slope_ci(xs, ys) -> tuple[float, float, float]:
+    """Least-squares slope of ys over xs and its 95 % t interval (n − 2 degrees of freedom)."""
+    import numpy as np
+    from scipy import stats
+
+    x, y = np.asarray(xs, float), np.asarray(ys, float)
+    if len(x) < 3:
+        raise ValueError(f"a slope's interval needs at least 3 points, got {len(x)}")
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (intercept + slope * x)
+    se = np.sqrt(resid @ resid / (len(x) - 2) / ((x - x.mean()) @ (x - x.mean())))
+    half = stats.t.ppf(0.975, len(x) - 2) * se
+    return float(slope), float(slope - half), float(slope + half)
+
+
+def below_verdict(low: float, high: float, goal: float) -> str:
+    """A quantity that should stay below `goal`, from its 95 % interval: met when the interval
+    lies below it, NOT met when above, undetermined when it straddles it."""
+    return "met" if high < goal else "NOT met" if low > goal else "undetermined"
+
+
+def rss_verdict(peak_gib: float, goal: float = RSS_GOAL_GIB) -> str:
+    """Peak memory against its goal (one number: its bound, no interval)."""
+    return "met" if peak_gib < goal else "NOT met"
+
+
 def scaling_table(s: dict) -> tuple[str, float]:
     rows = s["rows"]
     runs = [r for r in rows if r["axis"] == "runs"]
-    per_run, fixed = _fit([r["k"] for r in runs], [r["pipeline"] - r["bare"] for r in runs])
+    ks, over = [r["k"] for r in runs], [r["pipeline"] - r["bare"] for r in runs]
+    per_run, fixed = _fit(ks, over)
+    _, low, high = slope_ci(ks, over)
+    word = below_verdict(low, high, PER_RUN_GOAL)
     lines = [
         f"Stage `pretrain`. Data axis: {SCALE_BASE} training images at 1×, "
         f"`{' '.join(SCALE_DATA_SET)}`; runs axis: smoke sizes. "
         f"Per-run overhead (slope of pipeline − bare over sweep "
         f"runs; a run = one seed's sweep unit: a Prefect task and its MLflow runs: pretraining, "
-        f"2 label fractions × 2 arms) = **{per_run:.2f} s** (goal < {PER_RUN_GOAL:.0f} s); "
-        f"fixed overhead "
-        f"{fixed:.1f} s.",
+        f"2 label fractions × 2 arms) = **{per_run:.2f} s [95 % CI {low:.2f}, {high:.2f}]** "
+        f"(goal < {PER_RUN_GOAL:.0f} s: **{word}**; t interval of the slope, "
+        f"{len(ks) - 2} degrees of freedom); fixed overhead {fixed:.1f} s.",
         "",
         "| axis | × | pipeline s | plain loop s | bare s | pipeline − bare s |",
         "|---|---|---|---|---|---|",
@@ -540,9 +627,14 @@ def scaling_table(s: dict) -> tuple[str, float]:
         sel = [r for r in rows if r["axis"] == axis]
         over = [r["pipeline"] - r["bare"] for r in sel]
         slope, icept = _fit([r["k"] for r in sel], over)
+        _, low, high = slope_ci([r["k"] for r in sel], over)
+        grows = (
+            "grows" if low > 0 else "shrinks" if high < 0 else "neither growth nor decline shown"
+        )
         resid = [o - (icept + slope * r["k"]) for o, r in zip(over, sel, strict=True)]
         lines.append(
-            f"\n- {axis}: pipeline − bare ≈ {icept:.1f} {slope:+.2f}·× s (bare grows "
+            f"\n- {axis}: pipeline − bare ≈ {icept:.1f} {slope:+.2f}·× s "
+            f"(slope 95 % CI [{low:.2f}, {high:.2f}]: {grows}; bare grows "
             f"{_fit([r['k'] for r in sel], [r['bare'] for r in sel])[0]:.1f} s per ×); "
             f"residuals {', '.join(f'{x:+.1f}' for x in resid)} s"
         )
@@ -607,12 +699,18 @@ def main(argv: list[str] | None = None) -> None:
         args.child_out.write_text(json.dumps(result))
         return
 
+    # the result the README shows: every part, at least the default pairs (more narrow the
+    # interval: `make bench-pipeline PIPELINE_PAIRS=5`); anything less is a probe (reports/, not kept)
     canonical = (
-        args.profile is None and not args.no_scaling and args.out is None and args.pairs is None
+        args.profile is None
+        and not args.no_scaling
+        and args.out is None
+        and (args.pairs is None or args.pairs >= PAIRS["default"])
     )
     if args.pairs is not None and args.pairs < 1:
         parser.error(f"--pairs must be at least 1, got {args.pairs}")
     t0 = time.perf_counter()
+    _warm_up()
     sections = [f"{os.cpu_count()} CPU cores; every measurement in a fresh process.\n"]
     raw: dict = {}
     for profile in args.profile or ["smoke", "default"]:

@@ -4,6 +4,8 @@ bench-pipeline`)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from bench import pipeline_overhead as bench
 
@@ -89,3 +91,107 @@ def test_the_table_shows_each_pair_and_the_means():
     )
     assert "| **wall** | **120.0** | **102.0** | **5.0** |" in table
     assert "interpreter exit" in table and "| 3.0 |" in table.split("interpreter exit")[1]
+
+
+def test_the_slope_interval_is_the_textbook_one():
+    from scipy import stats
+
+    xs, ys = [1, 4, 16, 32, 64], [15.0, 16.1, 17.9, 21.5, 27.0]
+    slope, low, high = bench.slope_ci(xs, ys)
+    fit = stats.linregress(xs, ys)  # an independent implementation of the same OLS interval
+    half = stats.t.ppf(0.975, len(xs) - 2) * fit.stderr
+    assert slope == pytest.approx(fit.slope)
+    assert (low, high) == (pytest.approx(fit.slope - half), pytest.approx(fit.slope + half))
+    with pytest.raises(ValueError, match="at least 3 points"):
+        bench.slope_ci([1, 4], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "word"),
+    [
+        (0.1, 0.4, "met"),
+        (1.2, 1.5, "NOT met"),
+        (-2.9, 3.2, "undetermined"),
+        (0.5, 1.0, "undetermined"),
+    ],
+)
+def test_the_per_run_goal_can_come_out_any_way(low, high, word):
+    assert bench.below_verdict(low, high, bench.PER_RUN_GOAL) == word
+
+
+def _scaling(over_per_run: float, noise: list[float], over_per_x: float = 0.0) -> dict:
+    """Scaling rows whose pipeline − bare grows `over_per_run` s per run, plus `noise`, and
+    `over_per_x` s per × of data (plus a little noise)."""
+    rows = [
+        {
+            "axis": "data",
+            "k": k,
+            "pipeline": 30.0 + (5 + over_per_x) * k + d,
+            "loop": 20 + 5 * k,
+            "bare": 12.0 + 5 * k,
+        }
+        for k, d in zip(bench.SCALE_DATA, (0.5, -0.8, 0.3), strict=True)
+    ]
+    for k, e in zip(bench.SCALE_RUNS, noise, strict=True):
+        bare = 6.0 + 0.1 * k
+        rows.append(
+            {
+                "axis": "runs",
+                "k": k,
+                "pipeline": bare + 15.0 + over_per_run * k + e,
+                "loop": bare + 8.0,
+                "bare": bare,
+            }
+        )
+    return {"rows": rows}
+
+
+def test_the_scaling_table_decides_the_per_run_overhead():
+    quiet = [0.3, -0.2, 0.1, -0.3, 0.2]
+    table, per_run = bench.scaling_table(_scaling(0.2, quiet))
+    assert per_run == pytest.approx(0.2, abs=0.02)
+    assert "(goal < 1 s: **met**" in table
+    table, per_run = bench.scaling_table(_scaling(1.5, quiet))
+    assert "(goal < 1 s: **NOT met**" in table
+    noisy = [9.0, -8.0, 10.0, -9.0, 8.0]  # the old three points' spread, scaled up: cannot say
+    assert "(goal < 1 s: **undetermined**" in bench.scaling_table(_scaling(0.5, noisy))[0]
+    # data axis: pipeline − bare is 18 s ± 0.8: its slope's interval (1 degree of freedom)
+    # spans 0; an overhead that grows 6 s per × shows
+    assert "neither growth nor decline shown" in table.split("- data:")[1].split("- runs")[0]
+    grows = bench.scaling_table(_scaling(0.2, quiet, over_per_x=6.0))[0]
+    assert ": grows; bare grows" in grows.split("- data:")[1]
+
+
+def test_memory_is_decided_on_the_bound_not_the_samples():
+    assert bench.rss_verdict(2.7) == "met"
+    assert bench.rss_verdict(4.2) == "NOT met"
+    pairs = [
+        {
+            "cold_wall": 100.0,
+            "warm_wall": 3.0,
+            "loop_wall": 95.0,
+            "bare_imports": 2.0,
+            "bare": 90.0,
+            "ratio": 100 / 90,
+            "cold": _child(5.0, 90.0, 3.0),
+            "warm": _child(3.0, 2.0, 0.5),
+            "loop": _child(5.0, 90.0, 0.5),
+        }
+    ]
+    pairs[0]["cold"]["rss"] = {"self": 2.5, "tree": 2.9, "bound": 4.1}  # a peak between samples
+    table = bench.overhead_table({"profile": "default", "pairs": pairs})
+    assert "at most 4.10 GiB" in table and "goal < 4 GiB: **NOT met**" in table
+
+
+@pytest.mark.parametrize(
+    ("cold", "warm", "message"),
+    [
+        ({"stages": 8, "cached": 0}, {"stages": 8, "cached": 7}, "warm re-run took 7 of 8"),
+        ({"stages": 8, "cached": 2}, {"stages": 8, "cached": 8}, "cold run (--force) took 2"),
+        ({"stages": 0, "cached": 0}, {"stages": 0, "cached": 0}, "cold run"),
+    ],
+)
+def test_a_warm_run_that_is_not_all_cache_hits_stops_the_bench(cold, warm, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        bench.check_cache(cold, warm, "[default, pair 1/3]")
+    bench.check_cache({"stages": 8, "cached": 0}, {"stages": 8, "cached": 8}, "ok")  # passes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from bench import trainer_overhead as bench
@@ -62,6 +63,34 @@ def test_both_arms_see_the_same_images_an_epoch(which, mnist):
     short.bare_index = lambda g: case.bare_index(g)[:-1]  # a loop that drops the last batch
     with pytest.raises(AssertionError, match=r"the trainer's loader gives \d+ batches of"):
         bench.epoch_images(short)
+
+
+@pytest.mark.parametrize("which", ["mlp", "dann", "timm"])
+def test_the_stages_loader_gives_each_training_image_once_an_epoch_with_its_label(which, mnist):
+    """The trainer arm is fed by the stage's own loader (not the bare batches the equal-weights
+    test feeds it): an epoch of it holds every training image once (DANN: every source image
+    once, each target batch full) and each image keeps its label."""
+    x, y = mnist
+    n = {"mlp": 192, "dann": 96, "timm": 100}[which]
+    case = {
+        "mlp": lambda: bench.ae_case("mlp", x),
+        "dann": lambda: bench.da_case(x, y),
+        "timm": lambda: bench.timm_case(x[:100], y[:100]),
+    }[which]()
+    where = {x[i].tobytes(): i for i in range(len(x))}
+    assert len(where) == len(x), "the fixture's images must be distinct"
+    seen, labels = [], []
+    for batch in case.trainer_loader(0):
+        images = batch[0].numpy()
+        seen += [where[row.astype(np.float32).tobytes()] for row in images]
+        if which != "mlp":
+            labels += batch[1].tolist()
+        if which == "dann":
+            assert len(batch[2]) == case.batch_size
+            assert all(where[r.tobytes()] >= 96 for r in batch[2].numpy())  # the target half
+    assert sorted(seen) == list(range(n))
+    if which != "mlp":
+        assert labels == [int(y[i]) for i in seen]
 
 
 @pytest.mark.parametrize(

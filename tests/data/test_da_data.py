@@ -273,7 +273,10 @@ def truncated_h5(tmp_path):
 
 def truncated_svmlight(tmp_path):
     (tmp_path / "t.svm").write_text("3 1:0.5 2:1\n7 1:0.25 2:")  # cut in the middle of a pair
-    return {"kind": "svmlight", "path": tmp_path / "t.svm"}, r"line 2 "
+    return {
+        "kind": "svmlight",
+        "path": tmp_path / "t.svm",
+    }, r"t\.svm: line 2 '7 1:0\.25 2:' is not svm"
 
 
 def nan_pixels(tmp_path):

@@ -35,17 +35,19 @@ def test_prepare_is_byte_deterministic(params):
 
 
 def test_missing_and_corrupt_prepared_name_the_fix(params):
-    with pytest.raises(DataError, match="make data"):
+    with pytest.raises(DataError, match=r"'mnist' is missing .*mnist\.json.*make data"):
         load_prepared(params.data.prepared_dir, "mnist")
     prepare_all(params, ["digits"], log=lambda m: None)
     path = params.data.prepared_dir / "digits.npz"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="make data"):
+    # the digest check, not the zip reader's CRC, names it (it runs before any reading)
+    edited = r"digits\.npz does not match its manifest \(corrupt or edited\); run `make data`"
+    with pytest.raises(DataError, match=edited):
         load_prepared(params.data.prepared_dir, "digits")
     (params.data.prepared_dir / "digits.json").write_text("{ truncated")
-    with pytest.raises(DataError, match="make data"):
+    with pytest.raises(DataError, match=r"manifest .*digits\.json is corrupt; run `make data`"):
         load_prepared(params.data.prepared_dir, "digits")
 
 

@@ -73,6 +73,14 @@ def test_a_killed_pipeline_resumes_from_the_cache_and_leaves_nothing_running(
         assert servers, "no Prefect server found under the pipeline"
         niced = {nice for s in servers for t in s.threads() if (nice := _nice(t.id)) is not None}
         assert niced == {max(own, SERVER_NICE)}, niced
+        # the temporary server every `adaptflow run` starts listens on loopback only
+        pids = {s.pid for s in servers}
+        bound = [
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections(kind="tcp")
+            if c.pid in pids and c.status == psutil.CONN_LISTEN
+        ]
+        assert bound and {ip for ip, _ in bound} <= {"127.0.0.1", "::1"}, bound
     except BaseException:
         stop_tree(first, signal.SIGKILL)
         raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from functools import cache
 
 import numpy as np
@@ -273,25 +272,35 @@ def empty_hf_cache(tmp_path, monkeypatch):
     return tmp_path / "hub"
 
 
+def _no_network(monkeypatch) -> None:
+    """Any connection attempt fails the test (what made these paths slow was waiting on one)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"a network connection was attempted: {args[1:] or kwargs}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
 def test_hub_offline_fails_fast_with_the_fix(empty_hf_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(backbones, "_hub_reachable", lambda: pytest.fail("probed while offline"))
-    t0 = time.perf_counter()
+    _no_network(monkeypatch)  # fails fast: no connection is even tried (no timeout to wait out)
     with pytest.raises(
         HubUnavailableError,
         match=r"'resnet10t' need internet \(HF_HUB_OFFLINE is set\).*not in the local cache; use source.pretrained: source",
     ):
         build_backbone("resnet10t", 10, hub=True)
-    assert time.perf_counter() - t0 < 5
 
 
 def test_hub_unreachable_fails_fast_with_the_fix(empty_hf_cache, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(backbones, "_hub_reachable", lambda: False)  # no traffic from tests
-    t0 = time.perf_counter()
+    _no_network(monkeypatch)  # after the probe says no, the load is offline: no connection
     with pytest.raises(HubUnavailableError, match=r"huggingface.co unreachable.*\.pt state_dict"):
         build_backbone("vit_tiny_patch16_224", 10, hub=True, kwargs={"img_size": 28})
-    assert time.perf_counter() - t0 < 5
 
 
 def test_hub_weights_in_the_local_cache_load_offline(empty_hf_cache, monkeypatch):
