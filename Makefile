@@ -106,7 +106,7 @@ bench-results: $(STAMP) ## collect bench/results/*.md (+ published numbers) into
 
 .PHONY: bench-pipeline
 bench-pipeline: data ## orchestration overhead vs a plain loop, cache warm/cold, peak RSS, scaling plot (~1.5 h: 3 pairs on default; PIPELINE_PAIRS=5 for more)
-	$(BIN)/python -m bench.pipeline_overhead X
+	$(BIN)/python -m bench.pipeline_overhead $(if $(PIPELINE_PAIRS),--pairs $(PIPELINE_PAIRS),)
 
 .PHONY: bench-ae
 bench-ae: data ## the ae stage with the validation lambda sweep and every anomaly copy (profile bench)
@@ -118,7 +118,7 @@ bench-transfer: data ## source -> features -> finetune, the full sweep (profile 
 
 .PHONY: bench-da
 bench-da: data ## every DA method x pair x 3 seeds (profile bench), table beside the peer numbers (PAIRS=a,b: some)
-	$(BIN)/python -m bench.da_sweep $(foreach s,$(SET),--set $(s)) X
+	$(BIN)/python -m bench.da_sweep $(foreach s,$(SET),--set $(s)) $(if $(PAIRS),--pairs $(PAIRS),)
 
 .PHONY: bench-trainer
 bench-trainer: $(STAMP) ## images/s of the Trainer vs a bare PyTorch loop (MLP/conv AE, LeNet DANN, timm), ratios

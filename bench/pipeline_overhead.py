@@ -16,7 +16,8 @@ after another (never two at once on the 2 cores):
   its body runs: the temporary server); every MlflowClient call (the tracking: runs, params,
   metrics, tags, artifacts, the registry; mlflow's fluent API goes through it); model logging
   (`log_torch_model`: the pickled model, its signature and code; and `load_torch_model`, an
-  upstream stage's model loaded back); plots (figures rendered and logged). The rest is the stages' compute plus Prefect's flow/task bookkeeping.
+  upstream stage's model loaded back); plots (figures rendered and logged). The rest is the
+  stages' compute plus Prefect's flow/task bookkeeping.
 - plain loop: the same stages' `execute()` in turn in a child process, no Prefect (the stages'
   sweep units run directly), with the same timers. Its "bare" time is its wall minus tracking,
   model logging and plots, plus the imports a bare script needs (torch, timm, scikit-learn):
@@ -580,7 +581,7 @@ def slope_ci(xs, ys) -> tuple[float, float, float]:
     x, y = np.asarray(xs, float), np.asarray(ys, float)
     if len(x) < 3:
         raise ValueError(f"a slope's interval needs at least 3 points, got {len(x)}")
-    slope, intercept = np.polyfit(x, y, 1)
+    slope, intercept = _fit(x, y)
     resid = y - (intercept + slope * x)
     se = np.sqrt(resid @ resid / (len(x) - 2) / ((x - x.mean()) @ (x - x.mean())))
     half = stats.t.ppf(0.975, len(x) - 2) * se
